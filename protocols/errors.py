@@ -1,0 +1,18 @@
+"""The protocol layer's error hierarchy.
+
+Every decoder in protocols/ raises (one-shot decoders) or reports (incremental decoders, which never
+raise on input) an instance of one ProtocolError subclass from its own module. `offset` is the byte
+offset in the input the problem was found at, when there is one, so a message can name the place.
+"""
+
+
+class ProtocolError(ValueError):
+    """Malformed bytes. `reason` is one sentence; `offset` the byte offset it refers to, or None."""
+
+    def __init__(self, reason, offset=None):
+        self.reason = reason
+        self.offset = offset
+        if offset is None:
+            ValueError.__init__(self, reason)
+        else:
+            ValueError.__init__(self, "%s (at byte %d)" % (reason, offset))
