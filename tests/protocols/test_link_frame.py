@@ -142,6 +142,23 @@ def test_encode_vectors_rederived_independently() -> None:
         assert wire.hex() == case["wire"], case["id"]
 
 
+def test_decode_vectors_agree_with_the_independent_decoder() -> None:
+    cases = json.loads((VECTOR_DIR / "link_frame.json").read_text())["cases"]
+    decodes = [c for c in cases if c["check"] == "decode"]
+    assert len(decodes) >= 20
+    for case in decodes:
+        stream = b"".join(bytes.fromhex(c) for c in case["chunks"])
+        got = reference_decode(stream, case.get("max_payload", lf.MAX_PAYLOAD))
+        assert len(got) == len(case["expect"]), case["id"]
+        for have, want in zip(got, case["expect"]):
+            if "frame" in want:
+                f = want["frame"]
+                assert have == ("frame", f["type"], f["seq"], bytes.fromhex(f["payload"])), case["id"]
+            else:
+                assert have[1] == want["error"], case["id"]
+                assert want.get("offset", have[2]) == have[2], case["id"]
+
+
 @pytest.mark.parametrize(("args", "kwargs"), [
     ((0, 0, b""), {}),
     ((7, 0, b""), {}),
