@@ -12,7 +12,8 @@ class ProtocolError(ValueError):
     def __init__(self, reason, offset=None):
         self.reason = reason
         self.offset = offset
+        # super() rather than ValueError.__init__: MicroPython's built-in classes have no __init__.
         if offset is None:
-            ValueError.__init__(self, reason)
+            super().__init__(reason)
         else:
-            ValueError.__init__(self, "%s (at byte %d)" % (reason, offset))
+            super().__init__("%s (at byte %d)" % (reason, offset))
