@@ -57,11 +57,7 @@ class Sds011Error(ProtocolError):
     """A bad SDS011 frame. `kind` names the counter it was counted under ("bad_checksum", ...)."""
 
     def __init__(self, reason, offset=None, kind=None):
-        # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks.
-        super(ProtocolError, self).__init__(
-            reason if offset is None else "%s (at byte %d)" % (reason, offset))
-        self.reason = reason
-        self.offset = offset
+        super().__init__(reason, offset)
         self.kind = kind
 
 
