@@ -1,0 +1,238 @@
+"""The body of a cnb1 batch, write side: the Batch builder and the body's encoder.
+
+docs/cnb1-format.md describes the body byte for byte (protocols/batch_columns.py reads it back).
+
+Why this shape: a batch is mostly slowly changing numbers sampled at near-regular times, so values
+travel as small int deltas (one msgpack byte each); streams sampled together (a PMS5003 frame,
+a loop interval's measures) share one time column; stream names are split at the last "/" so the
+lanes and devices of one profile write their leaves (name, unit, kind, dec) once and refer to
+them after; and what is left compresses well.
+"""
+
+from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, fault_code
+from protocols.batch_columns import INF, MAX_DEC, MAX_EXACT, is_number
+from protocols.msgpack_lite import packb
+
+
+def _check_time(t_ms, what):
+    if type(t_ms) is not int or not 0 <= t_ms < MAX_EXACT:
+        raise ValueError("%s must be an int of UTC milliseconds in 0..2**53, not %r" % (what, t_ms))
+
+
+class _Stream:
+    __slots__ = ("name", "unit", "kind", "dec", "scale", "times", "values", "faults")
+
+    def __init__(self, name, unit, kind, dec):
+        self.name = name
+        self.unit = unit
+        self.kind = kind
+        self.dec = dec
+        self.scale = None if dec is None else 10 ** dec if dec >= 0 else 10.0 ** dec
+        self.times = []
+        self.values = []  # scaled ints for a dec stream, raw numbers otherwise; None if faulted
+        self.faults = {}  # sample position (in add order) -> fault code
+
+
+class Batch:
+    """Readings of one node boot, to be encoded as one cnb1 batch.
+
+    `streams` is an iterable of (name, unit, kind, dec) as in a device profile; dec is the number
+    of decimals kept (values travel as round(v * 10**dec)) or None to keep raw numbers.
+    """
+
+    def __init__(self, node, node_boot, streams=()):
+        if type(node) is not str:
+            raise ValueError("node must be a str, not %r" % (node,))
+        if type(node_boot) is not int or not 0 <= node_boot < 2 ** 64:
+            raise ValueError("node_boot must be an int in 0..2**64-1, not %r" % (node_boot,))
+        self.node = node
+        self.node_boot = node_boot
+        self._streams = {}
+        self._order = []
+        self.event_times = []
+        self.event_codes = []
+        self.event_params = []
+        self.measurement_count = 0
+        for spec in streams:
+            self.add_stream(spec[0], spec[1], spec[2], spec[3])
+
+    def add_stream(self, name, unit="", kind="gauge", dec=None):
+        if type(name) is not str or type(unit) is not str or type(kind) is not str:
+            raise ValueError("stream name, unit and kind must be str")
+        if dec is not None and (type(dec) is not int or not -MAX_DEC <= dec <= MAX_DEC):
+            raise ValueError("stream %s: dec must be None or an int in -9..9, not %r" % (name, dec))
+        old = self._streams.get(name)
+        if old is not None:
+            if (old.unit, old.kind, old.dec) != (unit, kind, dec):
+                raise ValueError("stream %s is already declared with other unit/kind/dec" % name)
+            return
+        self._streams[name] = _Stream(name, unit, kind, dec)
+        self._order.append(name)
+
+    def add_measurement(self, stream, t_ms, value, fault=None):
+        """One sample; with a fault (a code or name, protocols.batch_codes) the value is dropped."""
+        s = self._streams.get(stream)
+        if s is None:
+            raise ValueError("stream %r is not declared in this batch" % (stream,))
+        _check_time(t_ms, "t_ms")
+        if fault is not None:
+            s.faults[len(s.times)] = fault_code(fault)
+            value = None
+        elif type(value) is bool:
+            value = int(value)
+        elif not is_number(value) or value != value or value == INF or value == -INF:
+            raise ValueError("stream %s: value must be a finite number (or pass a fault), not %r"
+                             % (stream, value))
+        elif type(value) is int and s.scale is None and not -(2 ** 63) <= value < 2 ** 64:
+            raise ValueError("stream %s: value %d does not fit msgpack's 64 bits" % (stream, value))
+        if value is not None and s.scale is not None:
+            if type(value) is int and s.dec >= 0:
+                value = value * s.scale
+            else:
+                value = int(round(value * s.scale))
+            if not -MAX_EXACT <= value <= MAX_EXACT:
+                raise ValueError("stream %s: value scaled by 10**%d is beyond 2**53" % (stream, s.dec))
+        s.times.append(t_ms)
+        s.values.append(value)
+        self.measurement_count += 1
+
+    def add_event(self, t_ms, code, param=0):
+        """One Indiana hi-res event (REFERENCE.md §6): code and parameter 0..255."""
+        _check_time(t_ms, "t_ms")
+        if type(code) is not int or not 0 <= code <= MAX_EVENT_CODE:
+            raise ValueError("event code must be an int in 0..255, not %r" % (code,))
+        if type(param) is not int or not 0 <= param <= MAX_EVENT_PARAM:
+            raise ValueError("event param must be an int in 0..255, not %r" % (param,))
+        self.event_times.append(t_ms)
+        self.event_codes.append(code)
+        self.event_params.append(param)
+
+    def __len__(self):
+        return self.measurement_count + len(self.event_times)
+
+    def streams_with_samples(self):
+        return [self._streams[name] for name in self._order if self._streams[name].times]
+
+
+def _delta_chain(times, base):
+    out = []
+    prev = base
+    for t in times:
+        out.append(t - prev)
+        prev = t
+    return out
+
+
+def _time_order(times):
+    """Sample positions in time order (stable), or None when they already are."""
+    prev = -1
+    for t in times:
+        if t < prev:
+            # (time, position): ties keep their add order, and MicroPython's sort is not stable.
+            return sorted(range(len(times)), key=lambda i: (times[i], i))
+        prev = t
+    return None
+
+
+def _split_name(name):
+    # "loop/3/occupancy" -> ("loop/3/", "occupancy"): lanes and devices of one profile then share
+    # the same leaves, which a group writes once and later groups refer to.
+    cut = name.rfind("/") + 1
+    return name[:cut], name[cut:]
+
+
+def _sorted_samples(s):
+    times, values, faults = s.times, s.values, s.faults
+    order = _time_order(times)
+    if order is None:
+        return times, values, faults
+    moved = {}
+    for new, old in enumerate(order):
+        if old in faults:
+            moved[new] = faults[old]
+    return [times[i] for i in order], [values[i] for i in order], moved
+
+
+def _value_column(s, values):
+    if s.dec is None:
+        return list(values)
+    out = []
+    prev = 0
+    for v in values:  # delta from the previous non-faulted value; nil stays nil
+        if v is None:
+            out.append(None)
+        else:
+            out.append(v - prev)
+            prev = v
+    return out
+
+
+def body_fields(batch):
+    """The body as ordered (key, value) pairs of plain lists and ints, ready to pack."""
+    streams = batch.streams_with_samples()
+    starts = [min(s.times) for s in streams]
+    if batch.event_times:
+        starts.append(min(batch.event_times))
+    t0 = min(starts) if starts else 0
+    by_prefix = {}
+    prefixes = []
+    for s in streams:
+        prefix, leaf = _split_name(s.name)
+        if prefix not in by_prefix:
+            by_prefix[prefix] = []
+            prefixes.append(prefix)
+        by_prefix[prefix].append((leaf, s))
+    groups = []
+    templates = []  # (leaves, group index) of groups that wrote their leaves out
+    seen_times = {}
+    row = 0
+    for prefix in prefixes:
+        leaves = []
+        rows = []
+        for leaf, s in by_prefix[prefix]:
+            leaves.append([leaf, s.unit, s.kind, s.dec])
+            times, values, faults = _sorted_samples(s)
+            chain = tuple(_delta_chain(times, t0))
+            column = seen_times.get(chain)
+            if column is None:  # else: the same instants as an earlier row, written as its index
+                seen_times[chain] = row
+                column = list(chain)
+            entry = [column, _value_column(s, values)]
+            if faults:
+                pairs = []
+                for i in sorted(faults):
+                    pairs.append(i)
+                    pairs.append(faults[i])
+                entry.append(pairs)
+            rows.append(entry)
+            row += 1
+        ref = None
+        for known, index in templates:
+            if known == leaves:
+                ref = index
+                break
+        if ref is None:
+            templates.append((leaves, len(groups)))
+        groups.append([prefix, leaves if ref is None else ref, rows])
+    fields = [("n", batch.node), ("b", batch.node_boot), ("t", t0)]
+    if groups:
+        fields.append(("m", groups))
+    if batch.event_times:
+        order = _time_order(batch.event_times)
+        times, codes, params = batch.event_times, batch.event_codes, batch.event_params
+        if order is not None:
+            times = [times[i] for i in order]
+            codes = [codes[i] for i in order]
+            params = [params[i] for i in order]
+        fields.append(("e", [_delta_chain(times, t0), list(codes), list(params)]))
+    return fields
+
+
+def pack_body(fields):
+    """msgpack bytes of the body map, keys in the documented order on every runtime."""
+    out = bytearray()
+    out.append(0x80 | len(fields))  # fixmap: at most 6 keys
+    for key, value in fields:
+        out += packb(key)
+        out += packb(value)
+    return bytes(out)
