@@ -1,0 +1,279 @@
+"""The `host` HAL backend: the firmware in the test harness, under CPython or the MicroPython VM.
+
+UART buses and the node link are TCP connections to the harness on loopback (the harness joins
+them to its timed virtual wires and emulated devices); input pins are driven, and output pins
+reported, over one line-based control connection:
+
+  harness -> node   "E <pin> <level> <t_us>\n"   an input edge at host-monotonic time t_us
+  node -> harness   "O <pin> <value>\n"          an output pin changed
+                    "R <reason>\n"               the node is about to reset
+
+Ticks come from the host's monotonic clock (CLOCK_MONOTONIC, which Node's hrtime also reads), so
+the harness can timestamp edges in the node's own time base. Under the MicroPython VM the I/O goes
+through `hostbridge`, a JS module that hil/micropython/node_host.mjs registers; under CPython it
+uses asyncio sockets. `configure()` must be called with the board config's "host" section first.
+"""
+
+import asyncio
+import gc
+import sys
+import time
+
+from protocols.ticks import TICKS_PERIOD
+from protocols.ticks import ticks_add as ticks_add  # noqa: F401 - part of the HAL interface
+from protocols.ticks import ticks_diff as ticks_diff  # noqa: F401
+
+try:
+    import hostbridge  # only inside the MicroPython VM run by the harness
+except ImportError:
+    hostbridge = None
+
+NAME = "host"
+RESET_EXIT_CODE = 75  # the harness restarts a node that exits with this code: a reboot
+_MASK = TICKS_PERIOD - 1
+_host = {"uarts": {}, "link": None, "control": None, "fs_root": ".", "uid": "host"}
+_control = None
+_pins = {}  # pin number -> (queue, flag, index)
+
+
+def configure(host_section):
+    _host.update(host_section)
+
+
+def _monotonic_us():
+    if hostbridge is not None:
+        return int(hostbridge.monotonic_us())
+    return time.monotonic_ns() // 1000
+
+
+def ticks_us():
+    return _monotonic_us() & _MASK
+
+
+def ticks_ms():
+    return (_monotonic_us() // 1000) & _MASK
+
+
+class Flag:
+    """asyncio.Event stands in for ThreadSafeFlag: the VM's asyncio has no ThreadSafeFlag, and host
+    'interrupts' are delivered from the event loop anyway."""
+
+    def __init__(self):
+        self._event = asyncio.Event()
+
+    def set(self):
+        self._event.set()
+
+    async def wait(self):
+        await self._event.wait()
+        self._event.clear()
+
+
+class _Connection:
+    """A byte stream to a loopback TCP address, through asyncio (CPython) or hostbridge (VM)."""
+
+    def __init__(self, address):
+        self.address = address
+        self._reader = self._writer = self._js = None
+
+    async def open(self):
+        host, port = self.address.rsplit(":", 1)
+        if hostbridge is not None:
+            self._js = await hostbridge.connect(host, int(port))
+        else:
+            self._reader, self._writer = await asyncio.open_connection(host, int(port))
+        return self
+
+    async def read(self, max_bytes=256):
+        if self._js is not None:
+            data = bytes(await self._js.read(max_bytes))
+        else:
+            data = await self._reader.read(max_bytes)
+        if not data:
+            raise OSError("connection to %s closed" % self.address)
+        return data
+
+    async def write(self, data):
+        if self._js is not None:
+            import js
+
+            self._js.write(js.Uint8Array.new(bytes(data)))
+        else:
+            self._writer.write(bytes(data))
+            await self._writer.drain()
+
+    def close(self):
+        if self._js is not None:
+            self._js.close()
+        elif self._writer is not None:
+            self._writer.close()
+
+
+class Uart:
+    """A bus of the board config, joined by the harness to a virtual wire."""
+
+    def __init__(self, bus):
+        address = _host["uarts"].get(bus["id"])
+        if address is None:
+            raise OSError("the harness gave no address for bus %r" % bus["id"])
+        self.bus = bus
+        self._conn = _Connection(address)
+        self._opened = False
+        self._pending = b""
+
+    async def _ensure(self):
+        if not self._opened:
+            await self._conn.open()
+            self._opened = True
+
+    async def read(self, max_bytes=256):
+        await self._ensure()
+        if self._pending:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+            return data
+        data = await self._conn.read(max_bytes)
+        if len(data) > max_bytes:
+            data, self._pending = data[:max_bytes], data[max_bytes:]
+        return data
+
+    async def write(self, data):
+        await self._ensure()
+        await self._conn.write(data)
+
+    def discard_input(self):
+        self._pending = b""
+
+    def close(self):
+        self._conn.close()
+
+
+async def open_link(link):
+    conn = _Connection(_host["link"])
+    return await conn.open()
+
+
+async def start():
+    """Connect the control channel and start delivering pin edges."""
+    global _control
+    if _host.get("control") and _control is None:
+        _control = await _Connection(_host["control"]).open()
+        asyncio.create_task(_control_reader())
+
+
+async def _control_reader():
+    buf = b""
+    while True:
+        buf += await _control.read(512)
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == b"E":
+                entry = _pins.get(int(parts[1]))
+                if entry is not None:
+                    queue, flag, index = entry
+                    queue.push(index, int(parts[2]), int(parts[3]) & _MASK)
+                    flag.set()
+
+
+class InputPins:
+    def __init__(self, pins, queue, flag):
+        for index, pin in enumerate(pins):
+            _pins[pin] = (queue, flag, index)
+
+
+class OutputPin:
+    def __init__(self, pin):
+        self.pin = pin
+        self._value = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self._value
+        self._value = 1 if v else 0
+        if _control is not None:
+            asyncio.create_task(_control.write(("O %d %d\n" % (self.pin, self._value)).encode()))
+
+
+class Watchdog:
+    """Resets the node (exits with RESET_EXIT_CODE) when not fed within timeout_ms, like the WDT."""
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self._fed = ticks_ms()
+        asyncio.create_task(self._watch())
+
+    def feed(self):
+        self._fed = ticks_ms()
+
+    async def _watch(self):
+        while True:
+            await asyncio.sleep(self.timeout_ms / 4000)
+            if ticks_diff(ticks_ms(), self._fed) > self.timeout_ms:
+                reset("watchdog")
+
+
+def unique_id():
+    return str(_host.get("uid", "host")).encode()
+
+
+def random_u32():
+    if hostbridge is not None:
+        return int(hostbridge.random_u32())
+    import os
+
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def mem_free():
+    return gc.mem_free() if hasattr(gc, "mem_free") else None
+
+
+def mem_alloc():
+    return gc.mem_alloc() if hasattr(gc, "mem_alloc") else None
+
+
+def collect():
+    gc.collect()
+
+
+def _path(path):
+    return _host["fs_root"].rstrip("/") + "/" + path.lstrip("/")
+
+
+def read_file(path):
+    if hostbridge is not None:
+        data = hostbridge.read_file(path)
+        return None if data is None else bytes(data)
+    try:
+        with open(_path(path), "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def write_file(path, data):
+    if hostbridge is not None:
+        import js
+
+        hostbridge.write_file(path, js.Uint8Array.new(bytes(data)))
+        return
+    tmp = _path(path) + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    import os
+
+    os.rename(tmp, _path(path))
+
+
+def reset(reason="reset"):
+    """Reboot: the harness sees the exit code and starts the node again (a new boot id)."""
+    sys.stdout.write("[hal] reset: %s\n" % reason)
+    if hostbridge is not None:
+        hostbridge.exit(RESET_EXIT_CODE)
+    import os
+
+    try:
+        sys.stdout.flush()
+    except AttributeError:
+        pass
+    os._exit(RESET_EXIT_CODE)

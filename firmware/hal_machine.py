@@ -1,0 +1,183 @@
+"""The `machine` HAL backend: a real ESP32 or Raspberry Pi Pico (RP2040) on stock MicroPython.
+
+Not exercised by the harness (no board here); kept small and literal so a reader can check it
+against the MicroPython docs for machine.UART, machine.Pin.irq and machine.WDT.
+"""
+
+import asyncio
+import gc
+import os
+import time
+
+import machine
+from machine import UART, WDT, Pin
+
+NAME = "machine"
+ticks_ms = time.ticks_ms
+ticks_us = time.ticks_us
+ticks_diff = time.ticks_diff
+ticks_add = time.ticks_add
+
+# framing string -> (parity for machine.UART: None, 0 even, 1 odd; stop bits)
+_FRAMING = {"8N1": (None, 1), "8E1": (0, 1), "8O1": (1, 1), "8N2": (None, 2)}
+
+
+class Flag:
+    """asyncio.ThreadSafeFlag: safe to set from a hard interrupt handler."""
+
+    def __init__(self):
+        self._flag = asyncio.ThreadSafeFlag()
+
+    def set(self):
+        self._flag.set()
+
+    async def wait(self):
+        await self._flag.wait()
+
+
+class Uart:
+    def __init__(self, bus):
+        parity, stop = _FRAMING[bus.get("framing", "8N1")]
+        self.bus = bus
+        self._uart = UART(bus["uart"], baudrate=bus["baud"], bits=8, parity=parity, stop=stop,
+                          tx=Pin(bus["tx"]), rx=Pin(bus["rx"]), timeout=0, rxbuf=512)
+        # RS-485 half duplex: the transceiver drives the bus only while DE is high.
+        self._de = Pin(bus["de"], Pin.OUT, value=0) if bus.get("de") is not None else None
+        self._reader = asyncio.StreamReader(self._uart)
+        self._writer = asyncio.StreamWriter(self._uart, {})
+
+    async def read(self, max_bytes=256):
+        return await self._reader.read(max_bytes)
+
+    async def write(self, data):
+        if self._de is not None:
+            self._de.value(1)
+        self._writer.write(data)
+        await self._writer.drain()
+        # drain() returns when the FIFO accepted the bytes, not when they left: release DE only
+        # after the last stop bit, or the slave's reply collides with our own tail.
+        while not self._uart.txdone():
+            await asyncio.sleep_ms(0)
+        if self._de is not None:
+            self._de.value(0)
+
+    def discard_input(self):
+        while self._uart.any():
+            self._uart.read()
+
+    def close(self):
+        self._uart.deinit()
+
+
+async def open_link(link):
+    transport = link.get("transport", "uart")
+    if transport == "uart":
+        return Uart({"id": "link", "uart": link["uart"], "baud": link["baud"], "tx": link["tx"],
+                     "rx": link["rx"], "framing": link.get("framing", "8N1")})
+    if transport == "tcp":
+        from firmware.wifi import connect_wifi
+
+        host = await connect_wifi(link)
+        reader, writer = await asyncio.open_connection(host, link["gateway_port"])
+        return _StreamLink(reader, writer)
+    raise ValueError("link transport %r is not supported on this board" % transport)
+
+
+class _StreamLink:
+    def __init__(self, reader, writer):
+        self._reader, self._writer = reader, writer
+
+    async def read(self, max_bytes=256):
+        data = await self._reader.read(max_bytes)
+        if not data:
+            raise OSError("link closed")
+        return data
+
+    async def write(self, data):
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def close(self):
+        self._writer.close()
+
+
+async def start():
+    return None
+
+
+class InputPins:
+    def __init__(self, pins, queue, flag):
+        self._pins = []
+        for index, number in enumerate(pins):
+            pin = Pin(number, Pin.IN, Pin.PULL_UP)
+            pin.irq(self._handler(index, pin, queue, flag), Pin.IRQ_RISING | Pin.IRQ_FALLING, hard=True)
+            self._pins.append(pin)
+
+    @staticmethod
+    def _handler(index, pin, queue, flag):
+        ticks = time.ticks_us
+
+        # Runs in a hard IRQ: no allocation, just stamp the edge and wake the consumer task.
+        def irq(_):
+            queue.push(index, pin.value(), ticks())
+            flag.set()
+
+        return irq
+
+
+class OutputPin:
+    def __init__(self, pin):
+        self._pin = Pin(pin, Pin.OUT)
+
+    def value(self, v=None):
+        return self._pin.value() if v is None else self._pin.value(v)
+
+
+class Watchdog:
+    def __init__(self, timeout_ms):
+        # RP2040's watchdog tops out at 8388 ms.
+        self._wdt = WDT(timeout=min(timeout_ms, 8300))
+
+    def feed(self):
+        self._wdt.feed()
+
+
+def unique_id():
+    return machine.unique_id()
+
+
+def random_u32():
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def mem_free():
+    return gc.mem_free()
+
+
+def mem_alloc():
+    return gc.mem_alloc()
+
+
+def collect():
+    gc.collect()
+
+
+def read_file(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def write_file(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.rename(tmp, path)
+
+
+def reset(reason="reset"):
+    print("[hal] reset:", reason)
+    time.sleep_ms(50)
+    machine.reset()
