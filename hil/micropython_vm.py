@@ -40,16 +40,29 @@ def ensure_installed() -> Path:
     return RUNNER_DIR / "run.mjs"
 
 
+def micropython_tree_files(build_dir: Path, root: Path) -> list[tuple[Path, str]]:
+    """protocols/ and firmware/ compiled with mpy-cross into build_dir, as (host, VM path) pairs
+    under /lib, the way a flashed board holds them."""
+    from citynerve.mpy_toolchain import compile_tree
+
+    return [(mpy, "/lib/" + mpy.relative_to(build_dir).as_posix()) for mpy in compile_tree(root, build_dir)]
+
+
 def run_micropython(
     code: str,
     files: Iterable[tuple[Path, str]] = (),
     *,
     timeout: float = 120.0,
     heapsize: int = 8 * 1024 * 1024,
+    fs_root: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh MicroPython VM with `files` ((host path, VM path) pairs) in place."""
+    """Run `code` in a fresh MicroPython VM with `files` ((host path, VM path) pairs) in place.
+
+    `fs_root` is the host folder behind the VM's hostbridge.read_file/write_file (a node's flash
+    that survives its reboot)."""
     runner = ensure_installed()
-    spec = {"files": [[str(h), v] for h, v in files], "code": code, "heapsize": heapsize}
+    spec = {"files": [[str(h), v] for h, v in files], "code": code, "heapsize": heapsize,
+            "fs_root": str(fs_root) if fs_root else None}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
         spec_path = fh.name

@@ -1,13 +1,22 @@
 // Runs Python code under the real MicroPython VM (the WebAssembly port) in this Node process.
 //
 // Usage: node run.mjs SPEC.json
-//   SPEC = {"files": [[hostPath, vmPath], ...], "code": "python source", "heapsize": bytes}
+//   SPEC = {"files": [[hostPath, vmPath], ...], "code": "python source", "heapsize": bytes,
+//           "fs_root": "host folder behind hostbridge.read_file/write_file"}
 // Each host file is written into the VM's filesystem at vmPath (parent folders are created), then
 // `code` runs with runPythonAsync so asyncio code interleaves with Node's event loop.
+//
+// The VM has no sockets, no machine module and no os.urandom, so the firmware's host HAL reaches
+// the harness through `hostbridge`, a JS module registered here: loopback TCP connections whose
+// reads are Promises Python can await, the host's monotonic clock (CLOCK_MONOTONIC, the same one
+// CPython's time.monotonic_ns reads, so the harness can timestamp pin edges in the node's time),
+// random numbers, a file store that survives the process (a node's reboot) and exit().
 // Exit status: 0 when the code finished, 1 when it raised (the traceback goes to stderr), 2 on a
 // usage error. One VM per process: two instances in one JS realm break each other (REFERENCE.md §8).
-import { readFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { readFileSync, writeFileSync, renameSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { randomInt } from "node:crypto";
+import net from "node:net";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
 if (process.argv.length !== 3) {
@@ -34,6 +43,82 @@ function mkdirs(path) {
   }
 }
 
+function connect(host, port) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let waiter = null;
+    let closed = false;
+    const wake = () => {
+      if (waiter) {
+        const w = waiter;
+        waiter = null;
+        w();
+      }
+    };
+    const sock = net.connect(port, host, () => {
+      sock.setNoDelay(true);
+      resolve({
+        write(data) {
+          sock.write(Buffer.from(data));
+        },
+        // Resolves with up to maxBytes bytes once any are there; an empty array means closed.
+        read(maxBytes) {
+          return new Promise((done) => {
+            const take = () => {
+              const all = Buffer.concat(chunks.splice(0));
+              if (all.length > maxBytes) chunks.push(all.subarray(maxBytes));
+              done(new Uint8Array(all.subarray(0, maxBytes)));
+            };
+            if (chunks.length || closed) take();
+            else waiter = take;
+          });
+        },
+        close() {
+          sock.destroy();
+        },
+      });
+    });
+    sock.on("data", (d) => {
+      chunks.push(d);
+      wake();
+    });
+    sock.on("close", () => {
+      closed = true;
+      wake();
+    });
+    sock.on("error", (e) => {
+      closed = true;
+      reject(e);
+      wake();
+    });
+  });
+}
+
+const fsRoot = spec.fs_root || null;
+mp.registerJsModule("hostbridge", {
+  connect,
+  monotonic_us: () => Number(process.hrtime.bigint() / 1000n),
+  random_u32: () => randomInt(0, 2 ** 32 - 1),
+  read_file(path) {
+    if (!fsRoot) return null;
+    try {
+      return new Uint8Array(readFileSync(join(fsRoot, path)));
+    } catch (e) {
+      return null;
+    }
+  },
+  write_file(path, data) {
+    if (!fsRoot) throw new Error("no fs_root: this run has no persistent file store");
+    const target = join(fsRoot, path);
+    mkdirSync(dirname(target), { recursive: true });
+    writeFileSync(target + ".tmp", Buffer.from(data));
+    renameSync(target + ".tmp", target);
+  },
+  exit(code) {
+    process.exit(code);
+  },
+});
+
 for (const [hostPath, vmPath] of spec.files || []) {
   mkdirs(dirname(vmPath));
   mp.FS.writeFile(vmPath, readFileSync(hostPath));
@@ -46,3 +131,6 @@ try {
   process.stderr.write(String(err && err.message ? err.message : err) + "\n");
   process.exitCode = 1;
 }
+// Open sockets would keep Node alive after the Python code is done: exit once stdout and stderr
+// have drained (writes to a pipe are asynchronous in Node).
+process.stdout.write("", () => process.stderr.write("", () => process.exit(process.exitCode ?? 0)));
