@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from hil.micropython_vm import micropython_tree_files, run_micropython
-from tests.conftest import REPO_ROOT
+from hil.firmware_process import RUNTIMES, run_firmware
 
 SCRIPT = """
 import asyncio
@@ -84,28 +81,14 @@ def _check(out: str) -> None:
     assert "[1, 2] True" in line
 
 
-async def test_host_hal_under_cpython(tmp_path: Path) -> None:
-    def run(cfg: dict) -> str:
-        cfg = dict(cfg, fs_root=str(tmp_path))
-        code = SCRIPT + f"\nasyncio.run(main({json.dumps(cfg)}))\n"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                              cwd=REPO_ROOT)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    _check(await _harness(run))
-    assert (tmp_path / "state.bin").read_bytes() == b"\x01\x02"
-
-
-@pytest.mark.micropython
-async def test_host_hal_under_micropython(tmp_path: Path) -> None:
-    files = micropython_tree_files(tmp_path / "build", REPO_ROOT)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_host_hal_io(runtime: str, tmp_path: Path) -> None:
     store = tmp_path / "flash"
     store.mkdir()
 
     def run(cfg: dict) -> str:
-        code = SCRIPT + f"\nawait main({json.dumps(cfg)})\n"
-        proc = run_micropython(code, files, timeout=60, fs_root=store)
+        cfg = dict(cfg, fs_root=str(store))
+        proc = run_firmware(runtime, SCRIPT, f"main({json.dumps(cfg)})", build_dir=tmp_path, fs_root=store)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout
 
