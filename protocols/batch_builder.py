@@ -1,6 +1,6 @@
 """The body of a cnb1 batch, write side: the Batch builder and the body's encoder.
 
-docs/cnb1-format.md describes the body byte for byte (protocols/batch_columns.py reads it back).
+README.md, "Batch format (cnb1)" describes the body byte for byte (protocols/batch_columns.py reads it back).
 
 Why this shape: a batch is mostly slowly changing numbers sampled at near-regular times, so values
 travel as small int deltas (one msgpack byte each); streams sampled together (a PMS5003 frame,

@@ -1,4 +1,4 @@
-"""cnb1: the gateway's batch format for MQTT payloads (docs/cnb1-format.md, byte for byte).
+"""cnb1: the gateway's batch format for MQTT payloads (README.md, "Batch format (cnb1)", byte for byte).
 
     offset 0  magic    b"cnb1"
     offset 4  version  u8 = 1

@@ -10,7 +10,7 @@ Event codes are the Indiana high-resolution controller event enumeration ATSPM t
 
 Names are what the decoded (JSON) form shows. A code this table does not know still decodes: its
 fault name is "fault:<code>" and its event name is None, so a newer encoder never breaks an older
-decoder (docs/cnb1-format.md, "Versioning").
+decoder (README.md, "Batch format (cnb1)", "Versioning").
 """
 
 FAULT_TIMEOUT = 1  # the device did not answer (Modbus response timeout, UART silence)

@@ -1,5 +1,5 @@
 """The body of a cnb1 batch, read side: check a decoded msgpack body against the schema and
-flatten it into readings (docs/cnb1-format.md, "Body"). The write side is protocols/batch_builder.py.
+flatten it into readings (README.md, "Batch format (cnb1)", "Body"). The write side is protocols/batch_builder.py.
 
 The body is a msgpack map
     {"n": node, "b": node boot, "t": t0 (UTC ms),
@@ -26,7 +26,7 @@ INF = float("inf")
 
 
 class BatchFormatError(ProtocolError):
-    """A cnb1 payload that does not follow docs/cnb1-format.md; `offset` when a byte is to blame."""
+    """A cnb1 payload that does not follow README.md, "Batch format (cnb1)"; `offset` when a byte is to blame."""
 
     def __init__(self, reason, offset=None):
         # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks.
@@ -182,7 +182,7 @@ def _events(columns, t0):
 
 def read_body(body):
     """The decoded body as plain dicts and lists (see decode_batch); BatchFormatError if it is not
-    a cnb1 body. Unknown keys are ignored (docs/cnb1-format.md, "Versioning")."""
+    a cnb1 body. Unknown keys are ignored (README.md, "Batch format (cnb1)", "Versioning")."""
     if type(body) is not dict:
         _fail("the body must be a map, got %s" % type(body).__name__)
     for key in ("n", "b", "t"):

@@ -89,6 +89,15 @@ def check_build_exception(case):
     expect_equal(got, unhex(case["expect"]), "built exception")
 
 
+def check_build_response_error(case):
+    expect_raises(rtu.ModbusRequestError, rtu.build_response, unhex(case["request"]), case["values"])
+
+
+def check_build_exception_error(case):
+    expect_raises(rtu.ModbusRequestError, rtu.build_exception, case["unit"], case["function"],
+                  case["code"])
+
+
 def check_exception_names(case):
     for code, name in case["names"].items():
         expect_equal(rtu.exception_name(int(code)), name, "name of code %s" % code)
@@ -211,6 +220,8 @@ CHECKS = {
     "build_response": check_build_response,
     "exception_response": check_exception_response,
     "build_exception": check_build_exception,
+    "build_response_error": check_build_response_error,
+    "build_exception_error": check_build_exception_error,
     "exception_names": check_exception_names,
     "reject_response": check_reject_response,
     "expected_length": check_expected_length,

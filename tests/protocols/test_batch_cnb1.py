@@ -31,7 +31,7 @@ from protocols.batch_codes import EVENT_NAMES, fault_code, fault_name, modbus_fa
 from tests.conftest import REPO_ROOT, VECTOR_DIR
 from tests.protocols.fuzz import DEFAULT_EXAMPLES, LONG_EXAMPLES, fuzz_settings, mutated
 
-DOC = REPO_ROOT / "docs" / "cnb1-format.md"
+DOC = REPO_ROOT / "README.md"
 VECTORS = json.loads((VECTOR_DIR / "batch_cnb1.json").read_text())["cases"]
 T0 = 1767225600000  # 2026-01-01T00:00:00Z
 
@@ -46,13 +46,13 @@ def build(spec: dict) -> Batch:
 
 
 # ---------------------------------------------------------------------------------------------
-# The reference decoder printed in docs/cnb1-format.md, run as printed
+# The reference decoder printed in README.md, "Batch format (cnb1)", run as printed
 
 
 def reference_decoder() -> Any:
     text = DOC.read_text()
     match = re.search(r"<!-- reference-decoder -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "docs/cnb1-format.md lost its reference decoder block"
+    assert match, 'README.md, "Batch format (cnb1)" lost its reference decoder block'
     source = match.group(1)
     assert len(source.splitlines()) <= 45, "the reference decoder should stay short"
     namespace: dict[str, Any] = {}
