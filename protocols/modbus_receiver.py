@@ -27,9 +27,10 @@ class RtuReceiver:
     `gap_us` is the silence before `data` when the caller knows it (None = unknown); without a
     `baud` the receiver frames by length alone and ignores gaps. Error offsets count bytes from
     the start of the stream. `counters` keeps: bytes (fed), frames, frame_bytes, garbage_bytes
-    (every byte not delivered in a frame), bad_crc, timing_errors (gap > t1.5 inside a frame),
-    incomplete_frames (a silence > t3.5 cut a frame short). bytes = frame_bytes + garbage_bytes +
-    pending.
+    (bytes in no frame), bad_crc, timing_errors (gap > t1.5 inside a frame), incomplete_frames (a
+    silence > t3.5 cut a frame short), and for a server replies / reply_bytes (other devices'
+    replies on a shared bus, skipped without an error). bytes = frame_bytes + reply_bytes +
+    garbage_bytes + pending.
     """
 
     def __init__(self, role="master", baud=None, framing="8E1"):
@@ -51,7 +52,8 @@ class RtuReceiver:
         self._skip_cause = None  # None (garbage), "crc" (a frame failed its CRC), "cut" (silence)
         self._expect = None  # (unit, function, normal length) of the reply a master waits for
         self.counters = {"bytes": 0, "frames": 0, "frame_bytes": 0, "garbage_bytes": 0,
-                         "bad_crc": 0, "timing_errors": 0, "incomplete_frames": 0}
+                         "bad_crc": 0, "timing_errors": 0, "incomplete_frames": 0,
+                         "replies": 0, "reply_bytes": 0}
 
     @property
     def pending(self):
@@ -118,48 +120,74 @@ class RtuReceiver:
             return None
         return response_length(buf, None, k)
 
-    def _frame_ok(self, k, length):
-        return crc16_modbus(self._buf[k:k + length]) == 0
+    def _reply_length_at(self, k):
+        """Server role: the length of another device's reply starting at _buf[k] (on a shared
+        bus a server hears those too), like _length_at."""
+        unit = self._buf[k]
+        if unit == 0 or (unit > MAX_UNIT and unit != ANY_ADDRESS):
+            return None
+        return response_length(self._buf, None, k)
+
+    def _try(self, k, length):
+        """"ok" (a whole CRC-valid frame), "wait" (needs more bytes), "bad" (CRC fails), None."""
+        if length is None:
+            return None
+        if not length or len(self._buf) - k < length:
+            return "wait"
+        return "ok" if crc16_modbus(self._buf[k:k + length]) == 0 else "bad"
 
     def _scan(self, out, final=False):
         """Deliver every frame in the buffer. `final`: no more bytes will come for what is held
         (a silence or the end of the stream), so an unfinished candidate is dropped, not awaited."""
         buf = self._buf
+        server = self.role == "server"
         while self._head < len(buf):
-            length = self._length_at(self._head)
-            if length is None:
-                self._drop(1)
+            head = self._head
+            length = self._length_at(head)
+            got = self._try(head, length)
+            if got == "ok":
+                self._emit(out, length)
                 continue
-            if length and self.pending >= length:
-                if self._frame_ok(self._head, length):
-                    self._emit(out, length)
+            other = None
+            if server:
+                reply = self._reply_length_at(head)
+                other = self._try(head, reply)
+                if other == "ok":
+                    self._pass_reply(out, reply)
                     continue
-                if self._aligned:
-                    self.counters["bad_crc"] += 1
-                    self._flush_skip(out)
-                    self._skip_cause = "crc"
-                self._drop(1)
-                continue
-            if final:
-                self._drop(1)
-                continue
-            # Wait for more bytes; but while hunting, a complete valid frame further on wins.
-            if not self._aligned and self._lookahead():
-                continue
-            break
+            waiting = got == "wait" or other == "wait"
+            if waiting and not final:
+                # Wait for more bytes; but while hunting, a whole valid frame further on wins.
+                if not self._aligned and self._lookahead():
+                    continue
+                break
+            if not waiting and self._aligned and (got == "bad" or other == "bad"):
+                self.counters["bad_crc"] += 1
+                self._flush_skip(out)
+                self._skip_cause = "crc"
+            self._drop(1)
         if self._skipped >= MAX_ADU:
             self._flush_skip(out)
         self._compact()
 
     def _lookahead(self):
-        n = len(self._buf)
         head = self._head
-        for k in range(head + 1, n - 3):
-            length = self._length_at(k)
-            if length and k + length <= n and self._frame_ok(k, length):
+        server = self.role == "server"
+        for k in range(head + 1, len(self._buf) - 3):
+            if (self._try(k, self._length_at(k)) == "ok"
+                    or (server and self._try(k, self._reply_length_at(k)) == "ok")):
                 self._drop(k - head)
                 return True
         return False
+
+    def _pass_reply(self, out, length):
+        # Another device's reply: not for a server, not garbage either.
+        self._flush_skip(out)
+        self._head += length
+        self._pos += length
+        self._aligned = True
+        self.counters["replies"] += 1
+        self.counters["reply_bytes"] += length
 
     def _compact(self):
         if self._head:

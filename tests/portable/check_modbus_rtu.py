@@ -170,7 +170,7 @@ def check_receiver(case):
     for name, value in case["counters"].items():
         expect_equal(rx.counters[name], value, "counter " + name)
     c = rx.counters
-    expect_equal(c["frame_bytes"] + c["garbage_bytes"] + rx.pending, c["bytes"],
+    expect_equal(c["frame_bytes"] + c["reply_bytes"] + c["garbage_bytes"] + rx.pending, c["bytes"],
                  "every byte fed is in a frame, dropped, or pending")
 
 
