@@ -48,7 +48,10 @@ class PlannedRead:
         return iter((self.table, self.start, self.count))
 
     def __eq__(self, other):
-        return tuple(self) == tuple(other)
+        try:
+            return tuple(self) == tuple(other)
+        except TypeError:
+            return False
 
     def __repr__(self):
         return "PlannedRead(%r, %d, %d)" % (self.table, self.start, self.count)
@@ -120,12 +123,17 @@ def _limit(table, max_quantity, one_register_per_request):
 def plan_reads(wanted, max_gap=0, max_quantity=None, one_register_per_request=False):
     """A ReadPlan for `wanted` [(table, address, count), ...]. `max_gap` and `max_quantity` are an
     int or a {table: int} dict; `max_quantity` is capped at the spec limit of each table."""
+    wanted = list(wanted)
     norm = []
     pieces = {}
     for i in range(len(wanted)):
-        entry = tuple(wanted[i])
+        try:
+            entry = tuple(wanted[i])
+        except TypeError:
+            entry = ()
         if len(entry) != 3:
-            raise ModbusPlanError("wanted entry %d, %r, is not (table, address, count)" % (i, entry))
+            raise ModbusPlanError("wanted entry %d, %r, is not (table, address, count)"
+                                  % (i, wanted[i]))
         where = "wanted entry %d" % i
         table = _table_name(entry[0], where)
         address, count = entry[1], entry[2]

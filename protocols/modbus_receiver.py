@@ -5,12 +5,17 @@ RTU frames have no start marker: the serial spec (§2.5.1.1) frames them by sile
 frames, and a gap > t1.5 inside a frame makes it invalid. USB serial adapters and OS drivers blur
 that timing (pymodbus's FramerRTU docstring says the same), so this receiver uses silence when the
 caller reports it (`gap_us`) and otherwise frames by length: the function code (and byte count)
-give each ADU's length, the CRC confirms it. After a CRC failure it hunts: drop one byte, try again
-at the next, until a CRC-valid frame turns up.
+give each ADU's length, the CRC confirms it.
 
-Role "server" frames requests; role "master" frames responses, exactly when told which request
-they answer (`expect`), else from the function code and byte count. Frames of function codes this
-module does not know are skipped as garbage (a server emulator cannot answer them 01).
+Right after a frame or a silence the next header is trusted. Anywhere else (the start of the
+stream, after a CRC failure) the receiver hunts, like pymodbus's framer: drop one byte and try the
+next, and while a doubtful header waits for more bytes, take any whole CRC-valid frame found
+further on. A silence, or flush() at the end of the stream, hunts through whatever is held.
+
+Role "server" frames requests and skips other devices' replies (a shared bus carries both); role
+"master" frames replies, exactly when told which request they answer (`expect`), else from the
+function code and byte count. Frames of function codes this module does not know are skipped as
+garbage (so a server emulator cannot answer them 01).
 """
 
 from protocols.crc import crc16_modbus

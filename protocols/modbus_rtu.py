@@ -1,6 +1,6 @@
 """Modbus RTU: request and response ADUs for function codes 01-06, 0F, 10 and 17, and wire timing.
 
-Sources: Modbus Application Protocol V1.1b3 (MBAP, PDUs, limits, exception codes; §6 per function)
+Sources: Modbus Application Protocol V1.1b3 (PDUs, limits, exception codes; §6 per function)
 and Modbus over Serial Line V1.02 (RTU framing, CRC, t1.5/t3.5; §2.5). ADU = unit | function | data |
 CRC lo | CRC hi, at most 256 bytes (serial spec §2.5.1).
 
@@ -126,9 +126,9 @@ class ModbusRequest:
         return (self.unit, self.function, self.address, self.quantity, values, self.write_address)
 
     def __repr__(self):
-        return "ModbusRequest(unit=%d, function=0x%02X, address=%d, quantity=%d, values=%r%s)" % (
+        return "ModbusRequest(unit=%r, function=%r, address=%r, quantity=%r, values=%r%s)" % (
             self.unit, self.function, self.address, self.quantity, self.values,
-            "" if self.write_address is None else ", write_address=%d" % self.write_address)
+            "" if self.write_address is None else ", write_address=%r" % (self.write_address,))
 
 
 # --- encoding helpers ---------------------------------------------------------------------------
