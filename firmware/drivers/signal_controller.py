@@ -1,0 +1,82 @@
+"""A signal controller's NTCIP 1202 phase status bitmaps over Modbus → Indiana hi-res events.
+
+Each poll reads every bitmap register of the profile (role "phase_bitmap": reds, yellows, greens,
+dont_walks, ped_clears, walks, ...; role "preempt_bitmap"), merged by the read planner into as few
+requests as the register map allows, and hands the maps to firmware/phase_events.PhaseEventDetector,
+whose events go out through the node with the poll's time (poll_ms 100 gives the 0.1 s resolution
+ATSPM expects; REFERENCE.md §6).
+
+A poll that fails (any phase map unread) emits no events: the detector keeps its last good state,
+so the next good poll reports what changed since. The failure is counted and published on the
+"<device id>/poll" stream (a fault sample on each change of fault, then at most every
+fault_repeat_ms), so the gateway sees the controller is down; the stream carries 1 again on the
+first good poll after. A preempt map that cannot be read (e.g. exception 02 from a controller
+without one) only stops preempt tracking for that poll.
+
+Device config: max_red_clear_ms (default 6000: see PhaseEventDetector) besides ModbusDevice's.
+"""
+
+from firmware.drivers.modbus_sensor import ModbusDevice
+from firmware.modbus_master import failed, profile_plan
+from firmware.phase_events import PhaseEventDetector
+
+_REQUIRED = ("greens", "yellows", "reds", "walks", "ped_clears", "dont_walks")
+
+
+class SignalControllerDriver(ModbusDevice):
+    DEFAULT_POLL_MS = 100
+    POLL_STREAM = True
+
+    def __init__(self, device, profile, node):
+        ModbusDevice.__init__(self, device, profile, node)
+        self.counters["events"] = 0
+        if not self.ready:
+            return
+        entries = []
+        self._names = []
+        for entry in self.checked(profile.get("registers", ())):
+            role = entry.get("role")
+            if role == "phase_bitmap":
+                self._names.append(entry["name"])
+                entries.append(entry)
+            elif role == "preempt_bitmap":
+                self._names.append("preempts")
+                entries.append(entry)
+        missing = [name for name in _REQUIRED if name not in self._names]
+        if missing:
+            self.config_error("profile", "%s has no phase_bitmap register for %s"
+                              % (profile.get("profile"), ", ".join(missing)))
+            self.ready = False
+            return
+        self._plan = profile_plan(profile, entries)
+        self.detector = PhaseEventDetector(
+            phases=profile.get("phases", 8),
+            max_red_clear_us=int(device.get("max_red_clear_ms", 6000)) * 1000)
+        self._events = []
+
+    async def poll(self):
+        results = await self.read(self._plan)
+        hal = self.hal
+        tick = hal.ticks_ms()
+        t_us = hal.ticks_us()
+        maps = {}
+        bad = None
+        for i in range(len(self._names)):
+            name = self._names[i]
+            got = results[i]
+            if not failed(got):
+                maps[name] = got[0]
+            elif name in _REQUIRED and bad is None:
+                bad = got
+        events = self._events
+        events.clear()
+        if bad is not None:
+            self.detector.update(None, t_us)  # counted there too; no events from a failed poll
+            self.poll_failed(bad, tick)
+            return
+        self.detector.update(maps, t_us, events)
+        self.detector.poll(t_us, events)
+        for t, code, param in events:
+            self.node.event(code, param, hal.ticks_add(tick, hal.ticks_diff(t, t_us) // 1000))
+        self.counters["events"] += len(events)
+        self.poll_ok(tick)
