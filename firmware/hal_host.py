@@ -119,12 +119,15 @@ class Uart:
         self.bus = bus
         self._conn = _Connection(address)
         self._opened = False
+        self._opening = asyncio.Lock()  # a first read and a first write must share one connection
         self._pending = b""
 
     async def _ensure(self):
         if not self._opened:
-            await self._conn.open()
-            self._opened = True
+            async with self._opening:
+                if not self._opened:
+                    await self._conn.open()
+                    self._opened = True
 
     async def read(self, max_bytes=256):
         await self._ensure()
