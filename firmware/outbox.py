@@ -5,6 +5,10 @@ accumulated into one message. Sizes are bounded so a DATA frame always fits the 
 payload: when a list is full the outbox reports `full` and the link client seals early; if it is
 still not drained, further readings are dropped and counted in `dropped` (reported in HEALTH),
 never lost silently.
+
+`on_add`, when set (the link client sets it), is called after every reading is added, with True for
+an event and False for a sample: events must reach the gateway within tens of ms, so the link client
+flushes shortly after one arrives rather than polling.
 """
 
 
@@ -13,6 +17,7 @@ class Outbox:
         self.max_samples = max_samples
         self.max_events = max_events
         self.dropped = 0
+        self.on_add = None
         self._t0 = None
         self._m = []
         self._f = []
@@ -35,6 +40,8 @@ class Outbox:
             self._f.extend((len(self._m) // 3, fault, detail))
             value = None
         self._m.extend((sid, dt, value))
+        if self.on_add is not None:
+            self.on_add(False)
         return True
 
     def event(self, tick_ms, code, param):
@@ -44,6 +51,8 @@ class Outbox:
         from protocols.ticks import ticks_diff
 
         self._e.extend((ticks_diff(tick_ms, self._base(tick_ms)), code, param))
+        if self.on_add is not None:
+            self.on_add(True)
         return True
 
     @property

@@ -16,6 +16,11 @@ CMD     id int, op str, args map
 RESULT  id int, ok bool, msg str, data (optional, any)
 HEALTH  tick int, uptime_ms int, heap_free int, heap_min int, dev map (device id -> counters map),
         loss map (counter -> int), errors [[key, reason], ...]
+
+Every message the node sends (HELLO, DATA, HEALTH, RESULT) may also carry lo int: the lowest seq
+the node may still send in this boot. Every seq below it was acknowledged or given up (its resend
+ring overflowed, a counted loss), so the gateway stops waiting for it and its cumulative ACK can
+move past the gap (firmware/link_client.py, "Numbering").
 """
 
 from protocols.errors import ProtocolError
@@ -37,15 +42,16 @@ _BOOL = (bool,)
 # int fields reject bools explicitly in _check.
 _SCHEMA = {
     HELLO: (("node", _STR, True), ("fw", _STR, True), ("cfg", _STR, True), ("boot", _INT, True),
-            ("tick", _INT, True), ("streams", _LIST, True), ("errors", _LIST, False)),
+            ("tick", _INT, True), ("streams", _LIST, True), ("errors", _LIST, False),
+            ("lo", _INT, False)),
     DATA: (("tick", _INT, True), ("t0", _INT, True), ("m", _LIST, True), ("f", _LIST, False),
-           ("e", _LIST, False)),
+           ("e", _LIST, False), ("lo", _INT, False)),
     ACK: (("seq", _INT, True), ("utc", _INT, True), ("tick", _INT, True)),
     CMD: (("id", _INT, True), ("op", _STR, True), ("args", _MAP, True)),
-    RESULT: (("id", _INT, True), ("ok", _BOOL, True), ("msg", _STR, True)),
+    RESULT: (("id", _INT, True), ("ok", _BOOL, True), ("msg", _STR, True), ("lo", _INT, False)),
     HEALTH: (("tick", _INT, True), ("uptime_ms", _INT, True), ("heap_free", _INT, True),
              ("heap_min", _INT, True), ("dev", _MAP, True), ("loss", _MAP, True),
-             ("errors", _LIST, False)),
+             ("errors", _LIST, False), ("lo", _INT, False)),
 }
 
 

@@ -97,8 +97,10 @@ function connect(host, port) {
 const fsRoot = spec.fs_root || null;
 mp.registerJsModule("hostbridge", {
   connect,
-  monotonic_us: () => Number(process.hrtime.bigint() / 1000n),
-  random_u32: () => randomInt(0, 2 ** 32 - 1),
+  // As decimal strings: the VM turns a JS number into a signed 32-bit int, which would wrap the
+  // microsecond clock every 71 minutes (and off the harness's clock) and make half the u32s negative.
+  monotonic_us: () => String(process.hrtime.bigint() / 1000n),
+  random_u32: () => String(randomInt(0, 2 ** 32)),
   read_file(path) {
     if (!fsRoot) return null;
     try {
