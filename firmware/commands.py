@@ -5,7 +5,7 @@ The gateway has already checked the command's HMAC signature, expiry and nonce (
 node would choke on. dispatch never raises: every failure is (False, one sentence, None).
 
     ping                              -> (True, "pong", {"tick": ticks_ms})
-    set_interval {interval_s}         node.config["interval_s"] = 5..3600 s (drivers read it when
+    set_interval {interval_s}         node.config["interval_s"] = 5..300 s (drivers read it when
                                       they start their next interval)
     diagnostics                       link, ring and clock counters (LinkClient.diagnostics())
     health                            a HEALTH report now, besides the periodic one
@@ -19,7 +19,7 @@ node would choke on. dispatch never raises: every failure is (False, one sentenc
 import asyncio
 
 MIN_INTERVAL_S = 5
-MAX_INTERVAL_S = 3600
+MAX_INTERVAL_S = 300  # firmware/config.py: a lane interval spans at most 2**29 us
 DEVICE_TIMEOUT_S = 5  # a device command that takes longer is answered as failed
 DEVICE_OPS = ("sleep", "wake", "mode")
 

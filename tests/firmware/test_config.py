@@ -73,7 +73,7 @@ def test_an_interval_out_of_range_falls_back_to_30_s() -> None:
     config = cab()
     config["interval_s"] = 2
     _, errors = validate(config)
-    assert errors == [["interval_s", "must be a whole number of seconds in 5..3600; using 30"]]
+    assert errors == [["interval_s", "must be a whole number of seconds in 5..300; using 30"]]
     assert config["interval_s"] == 30
 
 
