@@ -26,7 +26,7 @@ per-unit health and counters.
 import asyncio
 
 from firmware.register_decode import register_words
-from protocols.batch_codes import (
+from protocols.quality_codes import (
     FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_UNAVAILABLE, modbus_fault)
 from protocols.modbus_plan import plan_reads
 from protocols.modbus_receiver import RtuReceiver
@@ -46,7 +46,7 @@ _KINDS = {FAULT_TIMEOUT: "timeouts", FAULT_CHECKSUM: "crc_errors", FAULT_FRAMING
 
 class ModbusError(Exception):
     """A request that got no usable answer: `fault` is FAULT_TIMEOUT, FAULT_CHECKSUM, FAULT_FRAMING
-    or FAULT_UNAVAILABLE (protocols/batch_codes.py); `reason` is one sentence naming the unit."""
+    or FAULT_UNAVAILABLE (protocols/quality_codes.py); `reason` is one sentence naming the unit."""
 
     def __init__(self, fault, unit, reason):
         self.fault = fault

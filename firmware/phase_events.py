@@ -26,19 +26,18 @@ Choices, documented because a log reader depends on them:
 """
 
 from protocols.ticks import ticks_add, ticks_diff
-
-BEGIN_GREEN = 1
-BEGIN_YELLOW = 8
-END_YELLOW = 9
-BEGIN_RED_CLEAR = 10
-END_RED_CLEAR = 11
-PED_BEGIN_WALK = 21
-PED_BEGIN_CLEAR = 22
-PED_BEGIN_DONT_WALK = 23
-DETECTOR_OFF = 81
-DETECTOR_ON = 82
-PREEMPT_ON = 102
-PREEMPT_OFF = 104
+from protocols.quality_codes import EVENT_DETECTOR_OFF as DETECTOR_OFF
+from protocols.quality_codes import EVENT_DETECTOR_ON as DETECTOR_ON
+from protocols.quality_codes import EVENT_PED_BEGIN_CLEARANCE as PED_BEGIN_CLEAR
+from protocols.quality_codes import EVENT_PED_BEGIN_DONT_WALK as PED_BEGIN_DONT_WALK
+from protocols.quality_codes import EVENT_PED_BEGIN_WALK as PED_BEGIN_WALK
+from protocols.quality_codes import EVENT_PHASE_BEGIN_GREEN as BEGIN_GREEN
+from protocols.quality_codes import EVENT_PHASE_BEGIN_RED_CLEARANCE as BEGIN_RED_CLEAR
+from protocols.quality_codes import EVENT_PHASE_BEGIN_YELLOW as BEGIN_YELLOW
+from protocols.quality_codes import EVENT_PHASE_END_RED_CLEARANCE as END_RED_CLEAR
+from protocols.quality_codes import EVENT_PHASE_END_YELLOW as END_YELLOW
+from protocols.quality_codes import EVENT_PREEMPT_CALL_OFF as PREEMPT_OFF
+from protocols.quality_codes import EVENT_PREEMPT_CALL_ON as PREEMPT_ON
 
 _MAPS = ("greens", "yellows", "reds", "walks", "ped_clears", "dont_walks")
 

@@ -19,7 +19,7 @@ Pure and allocation-light: decode() returns (value, fault, detail) with fault 0 
 
 import struct
 
-from protocols.batch_codes import FAULT_OUT_OF_RANGE, FAULT_SENSOR
+from protocols.quality_codes import FAULT_OUT_OF_RANGE, FAULT_SENSOR
 
 TYPES = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2}
 _ORDERS = ("big", "little")

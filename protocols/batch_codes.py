@@ -13,15 +13,30 @@ fault name is "fault:<code>" and its event name is None, so a newer encoder neve
 decoder (README.md, "Batch format (cnb1)", "Versioning").
 """
 
-FAULT_TIMEOUT = 1  # the device did not answer (Modbus response timeout, UART silence)
-FAULT_CHECKSUM = 2  # the reply failed its checksum or CRC
-FAULT_FRAMING = 3  # the reply was malformed: wrong length, function or header
-FAULT_OUT_OF_RANGE = 4  # the value is outside the range the device profile allows
-FAULT_WARMING_UP = 5  # the sensor is inside its warm-up time (PMS5003: 30 s, REFERENCE.md §2)
-FAULT_STUCK = 6  # the value or presence input has not changed for longer than the profile allows
-FAULT_SENSOR = 7  # the device itself reports a fault (e.g. SenseAir S8 meter status, §4)
-FAULT_UNAVAILABLE = 8  # the device is offline or in backoff: no attempt was made this time
-FAULT_MODBUS_EXCEPTION = 0x100  # | exception code (low byte): 0x101..0x1FF
+from protocols.quality_codes import (  # noqa: F401 - re-exported: the codes are part of this module's API
+    FAULT_TIMEOUT,
+    FAULT_CHECKSUM,
+    FAULT_FRAMING,
+    FAULT_OUT_OF_RANGE,
+    FAULT_WARMING_UP,
+    FAULT_STUCK,
+    FAULT_SENSOR,
+    FAULT_UNAVAILABLE,
+    FAULT_MODBUS_EXCEPTION,
+    EVENT_PHASE_BEGIN_GREEN,
+    EVENT_PHASE_BEGIN_YELLOW,
+    EVENT_PHASE_END_YELLOW,
+    EVENT_PHASE_BEGIN_RED_CLEARANCE,
+    EVENT_PHASE_END_RED_CLEARANCE,
+    EVENT_PED_BEGIN_WALK,
+    EVENT_PED_BEGIN_CLEARANCE,
+    EVENT_PED_BEGIN_DONT_WALK,
+    EVENT_DETECTOR_OFF,
+    EVENT_DETECTOR_ON,
+    EVENT_PREEMPT_CALL_ON,
+    EVENT_PREEMPT_CALL_OFF,
+    modbus_fault,
+)
 
 FAULT_NAMES = {
     FAULT_TIMEOUT: "timeout",
@@ -39,13 +54,6 @@ for _code in FAULT_NAMES:
 
 # Fault codes are positive and fit in 16 bits; 0 is "no fault" and never written.
 MAX_FAULT_CODE = 0xFFFF
-
-
-def modbus_fault(exception_code):
-    """The fault code for a Modbus exception reply with `exception_code` (1..255)."""
-    if type(exception_code) is not int or not 1 <= exception_code <= 0xFF:
-        raise ValueError("a Modbus exception code is 1..255, not %r" % (exception_code,))
-    return FAULT_MODBUS_EXCEPTION | exception_code
 
 
 def fault_name(code):
@@ -77,20 +85,6 @@ def fault_code(fault):
             pass
     raise ValueError("unknown fault %r: use a code or a name from FAULT_NAMES" % (fault,))
 
-
-# Indiana hi-res event codes citynerve emits (REFERENCE.md §6; 102/104 unverified there).
-EVENT_PHASE_BEGIN_GREEN = 1
-EVENT_PHASE_BEGIN_YELLOW = 8
-EVENT_PHASE_END_YELLOW = 9
-EVENT_PHASE_BEGIN_RED_CLEARANCE = 10
-EVENT_PHASE_END_RED_CLEARANCE = 11
-EVENT_PED_BEGIN_WALK = 21
-EVENT_PED_BEGIN_CLEARANCE = 22
-EVENT_PED_BEGIN_DONT_WALK = 23
-EVENT_DETECTOR_OFF = 81
-EVENT_DETECTOR_ON = 82
-EVENT_PREEMPT_CALL_ON = 102
-EVENT_PREEMPT_CALL_OFF = 104
 
 EVENT_NAMES = {
     EVENT_PHASE_BEGIN_GREEN: "phase_begin_green",

@@ -24,7 +24,7 @@ a channel faulted during the interval (FAULT_SENSOR).
 from firmware.drivers.modbus_sensor import ModbusDevice
 from firmware.modbus_master import failed, fault_of, profile_plan
 from firmware.register_decode import decode_channels, type_words
-from protocols.batch_codes import (
+from protocols.quality_codes import (
     EVENT_DETECTOR_OFF, EVENT_DETECTOR_ON, FAULT_OUT_OF_RANGE, FAULT_SENSOR, FAULT_UNAVAILABLE)
 
 

@@ -42,7 +42,7 @@ from firmware.presence_filter import (
     fault_name,
 )
 from firmware.traffic_measures import LOOP_A, LaneMeasures
-from protocols.batch_codes import (
+from protocols.quality_codes import (
     EVENT_DETECTOR_OFF,
     EVENT_DETECTOR_ON,
     FAULT_SENSOR,

@@ -24,7 +24,7 @@ the profile's). command(op, args): "sleep", "wake", "mode" (args {"mode": name} 
 
 import asyncio
 
-from protocols.batch_codes import FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_WARMING_UP
+from protocols.quality_codes import FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_WARMING_UP
 from protocols.ticks import ticks_add, ticks_diff
 
 TICK_S = 0.05  # ticker period: the poll and timeout resolution
