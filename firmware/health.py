@@ -8,6 +8,8 @@ command). Keys:
     uptime_ms   since boot, accumulated by Uptime (ticks wrap every 2**30 ms, about 12 days)
     heap_free   gc.mem_free() now; -1 where the runtime cannot tell (CPython)
     heap_min    the lowest heap_free the link client has seen since boot; -1 likewise
+    heap_peak   the largest live heap (gc.mem_alloc() right after a collection) seen since boot,
+                sampled every heap_watch_ms by firmware/app.py; -1 where unknown
     dev         {device id: the driver's `counters` plus "last_fault"}
     loss        link and outbox counters: ring_overflow and outbox_dropped (readings that are gone
                 for good), resent, bad_frames_in, ... (LinkClient.loss_counters())
@@ -56,6 +58,11 @@ def device_report(driver):
     return report
 
 
+def _heap_peak(node):
+    peak = getattr(node, "heap_peak", None)
+    return -1 if peak is None else peak
+
+
 def build_health(node, link_client, devices, uptime_ms):
     """The HEALTH message dict. `devices` maps device id -> driver (may be None or empty)."""
     free = node.hal.mem_free()
@@ -69,6 +76,7 @@ def build_health(node, link_client, devices, uptime_ms):
         "uptime_ms": uptime_ms,
         "heap_free": -1 if free is None else free,
         "heap_min": -1 if heap_min is None else heap_min,
+        "heap_peak": _heap_peak(node),
         "dev": dev,
         "loss": link_client.loss_counters(),
         "errors": node.config_errors,
