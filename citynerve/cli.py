@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from citynerve import __version__
+from citynerve.boards_cli import boards_app
 
 app = typer.Typer(
     name="citynerve",
@@ -15,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(boards_app, name="boards")
 
 
 @app.command()
