@@ -9,6 +9,7 @@ import typer
 
 from citynerve import __version__
 from citynerve.boards_cli import boards_app
+from gateway.cli import gateway_app
 
 app = typer.Typer(
     name="citynerve",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(boards_app, name="boards")
+app.add_typer(gateway_app, name="gateway")
 
 
 @app.command()
