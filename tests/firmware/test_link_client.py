@@ -24,7 +24,7 @@ from hil.firmware_process import RUNTIMES, firmware_command
 from protocols.link_frame import CMD, DATA, HEALTH, HELLO, encode_frame
 from protocols.link_messages import encode_message
 from protocols.ticks import ticks_add
-from tests.firmware.link_peer import LinkPeer, host_tick, utc_ms
+from hil.link_peer import LinkPeer, host_tick, utc_ms
 
 SCRIPT = """
 import asyncio

@@ -16,7 +16,7 @@ from hil.emulators.sds011_emulator import Sds011Emulator
 from hil.firmware_process import RUNTIMES
 from hil.node_runner import NodeRunner
 from protocols.link_frame import HEALTH, HELLO
-from tests.firmware.link_peer import LinkPeer
+from hil.link_peer import LinkPeer
 
 SERIES = [(123, 261), (124, 262), (130, 270), (99, 180)]  # PM2.5, PM10 in tenths of µg/m³
 
