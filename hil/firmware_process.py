@@ -51,7 +51,7 @@ def firmware_command(
         fd, spec_path = tempfile.mkstemp(suffix=".json", dir=build_dir)
         with os.fdopen(fd, "w") as fh:
             json.dump(spec, fh)
-        return ["node", str(runner), spec_path], dict(os.environ), runner.parent
+        return ["node", "--expose-gc", str(runner), spec_path], dict(os.environ), runner.parent
     raise ValueError(f"unknown runtime {runtime!r}: use one of {RUNTIMES}")
 
 

@@ -94,6 +94,11 @@ function connect(host, port) {
   });
 }
 
+// Python objects handed to JS (the callbacks of every awaited read) stay alive in the MicroPython
+// heap until JS's garbage collector finalizes their proxies; an idle Node rarely collects, so the
+// VM's heap would look as if it leaked. With --expose-gc, collect JS garbage every 100 ms.
+if (typeof globalThis.gc === "function") setInterval(() => globalThis.gc(), 100).unref();
+
 const fsRoot = spec.fs_root || null;
 mp.registerJsModule("hostbridge", {
   connect,
