@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self
 
 from citynerve import __version__
@@ -259,15 +259,19 @@ class GatewayService:
             finally:
                 fed.discard(batch_id)
 
-        async def feed() -> Any:
+        async def feed() -> AsyncIterator[SealedBatch]:
+            last: tuple[int, ...] = (-1, -1)
             while True:
                 self._sealed.clear()
                 # Fed batches still here are the oldest unacknowledged ones (fed in seal
                 # order), so this reads a bounded head of the spool, never the whole backlog.
+                # Batch ids grow in seal order (boot ids only grow), so "after the last one
+                # fed" is exact.
                 batches = await spool.unacked_batches(limit=len(fed) + PUBLISH_WINDOW)
-                fresh = [b for b in batches if b.batch_id not in fed]
+                fresh = [b for b in batches if tuple(b.batch_id) > last]
                 for batch in fresh:
                     fed.add(batch.batch_id)
+                    last = tuple(batch.batch_id)
                     yield batch
                 if fresh:
                     continue
