@@ -151,8 +151,8 @@ def test_plans_that_cannot_work_are_refused_naming_the_place(
 def test_any_address_profiles_may_use_0xfe_and_tcp_has_no_wire_budget() -> None:
     s8 = load_profile("senseair-s8")
     plan = plan_bus(bus(9600, "8N1"), [device(profile=s8, address=254, poll_ms=4000)])
-    # Status (IR1) and CO2 (IR4) stay two reads: the S8 profile sets no max_gap to fill.
-    assert [tuple(r) for r in plan.devices[0].reads] == [("input", 0, 1), ("input", 3, 1)]
+    # Status (IR1) and CO2 (IR4) merge into one read: the S8 profile's max_gap 2 fills IR2..IR3.
+    assert [tuple(r) for r in plan.devices[0].reads] == [("input", 0, 4)]
     tcp = plan_bus(TcpBus(id="plc", host="127.0.0.1"), [device(poll_ms=1)])
     assert tcp.cycle_us is None and tcp.devices[0].bus_time_us is None and tcp.request_count == 7
 
