@@ -9,6 +9,7 @@ import typer
 
 from citynerve import __version__
 from citynerve.boards_cli import boards_app
+from citynerve.sign import app as cmd_app
 from gateway.cli import gateway_app
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(boards_app, name="boards")
+app.add_typer(cmd_app, name="cmd")
 app.add_typer(gateway_app, name="gateway")
 
 
