@@ -74,7 +74,22 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _serve(config_path: Path, broker: str | None, spool: Path | None) -> int:
+def _command_hook(config_path: Path, key_file: Path | None) -> object | None:
+    """The signed-command check when a key is configured (--command-key-file or
+    CITYNERVE_COMMAND_KEY), else None: the service's default refuses every command."""
+    import os
+
+    from gateway.command_auth import load_command_keys
+    from gateway.command_gate import make_verify, node_devices
+
+    if key_file is None and not os.environ.get("CITYNERVE_COMMAND_KEY"):
+        return None
+    keys = load_command_keys(key_file=key_file)
+    return make_verify(keys, node_devices(str(config_path)))
+
+
+async def _serve(config_path: Path, broker: str | None, spool: Path | None,
+                 command_key_file: Path | None = None) -> int:
     from gateway.config import ConfigError, load_gateway_config
     from gateway.mqtt_errors import BrokerConnectError, MqttSettingsError
     from gateway.node_link import LinkError
@@ -92,13 +107,21 @@ async def _serve(config_path: Path, broker: str | None, spool: Path | None) -> i
     except MqttSettingsError as error:
         print(f"{config_path}: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    from gateway.command_auth import CommandKeyError
+
+    try:
+        hook = _command_hook(config_path, command_key_file)
+    except CommandKeyError as error:
+        print(f"command key: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    extra = {} if hook is None else {"verify_command": hook}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     failed = False
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with GatewayService(config, mqtt=mqtt) as service:
+        async with GatewayService(config, mqtt=mqtt, **extra) as service:
             waiter = asyncio.create_task(stop.wait())
             stopped = asyncio.create_task(service.wait_stopped())
             await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -129,6 +152,10 @@ def run(
     spool: Path = typer.Option(None, "--spool", help="Spool file, overriding spool in the gateway table."),
     log_format: str = typer.Option("text", "--log-format", help="text (key=value) or json."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    command_key_file: Path = typer.Option(
+        None, "--command-key-file",
+        help="The per-gateway HMAC key for signed commands (mode 600); or set CITYNERVE_COMMAND_KEY. "
+             "Without one every command is refused."),
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     if log_format not in ("text", "json"):
@@ -136,4 +163,4 @@ def run(
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
     configure_logging(log_format, log_level)
-    raise typer.Exit(asyncio.run(_serve(config, broker, spool)))
+    raise typer.Exit(asyncio.run(_serve(config, broker, spool, command_key_file)))
