@@ -230,11 +230,35 @@ class MqttConnection:
             error: BaseException | str = enter.exception()  # type: ignore[assignment]
         else:
             enter.cancel()
-            with suppress(BaseException):
-                await enter
-            error = self._lost.result() if self._lost.done() else "connection closed before CONNACK"
+            await asyncio.gather(enter, return_exceptions=True)
+            reason = self._lost.result() if self._lost.done() else "no reason given"
+            self.abort()
+            raise self._classify_early_close(reason)
         self.abort()
         raise self._classify(error)
+
+    def _classify_early_close(self, reason: str) -> BrokerConnectError:
+        """The broker ended the connection after our side of the connect (TCP, and the TLS
+        handshake, which paho completes before returning) but before CONNACK."""
+        s = self.settings
+        if not s.tls:
+            return BrokerConnectError(
+                self.broker, f"closed the connection before CONNACK ({reason})"
+            )
+        # With TLS 1.3 the broker checks our certificate after the handshake has completed on our
+        # side, then sends an alert and closes. The alert is often lost: the close resets the
+        # connection while our CONNECT sits unread, so we see a reset or an EOF instead. Either
+        # way the certificate is the usual cause, and retrying will not fix it.
+        if s.cert_file is None:
+            hint = "the broker requires a client certificate: set cert_file and key_file"
+        else:
+            hint = (
+                f"the broker does not accept client certificate {s.cert_file}: it must be signed "
+                "by a CA the broker trusts"
+            )
+        return BrokerTlsError(
+            self.broker, f"ended the TLS session before CONNACK ({reason}); {hint}"
+        )
 
     def _classify(self, error: BaseException | str) -> BrokerConnectError:
         s = self.settings
@@ -273,19 +297,9 @@ class MqttConnection:
                 f"{s.ca_file or '(system store)'} is the CA that signed the broker's certificate",
             )
         if s.tls and ("SSL" in text or "alert" in text.lower()):
-            lowered = text.lower()
-            if "certificate required" in lowered:
-                hint = "the broker requires a client certificate: set cert_file and key_file"
-            elif (
-                "unknown ca" in lowered or "bad certificate" in lowered or "certificate" in lowered
-            ):
-                hint = (
-                    f"the broker does not accept client certificate {s.cert_file}: it must be "
-                    "signed by a CA the broker trusts"
-                )
-            else:
-                hint = "check the TLS settings on both sides"
-            return BrokerTlsError(self.broker, f"TLS session failed ({text}); {hint}")
+            return BrokerTlsError(
+                self.broker, f"TLS handshake failed ({text}); check the TLS settings on both sides"
+            )
         if "timed out" in text.lower():
             return BrokerConnectError(
                 self.broker, f"no answer within {s.connect_timeout:g} s ({text})"

@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import random
 import re
 import secrets
 import shutil
@@ -85,9 +86,36 @@ class BrokerTls:
     require_certificate: bool = False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free a moment ago, outside the kernel's ephemeral port range.
+
+    Why outside: while a broker is stopped for an outage test, a client retrying its port may
+    be given that very port as its own source port and connect to itself (a TCP self-connect:
+    it reads back its own CONNECT), holding the port so the broker cannot bind it again.
+    """
+    low, high = _ephemeral_range()
+    pool = [(10_000, low - 1), (high + 1, 65_535)]
+    pool = [(a, b) for a, b in pool if a <= b]
+    for _ in range(200):
+        if not pool:
+            break
+        a, b = random.choice(pool)
+        port = random.randint(a, b)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # odd ranges: kernel's pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

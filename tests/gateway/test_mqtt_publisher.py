@@ -285,9 +285,10 @@ async def test_broker_outage_mid_drain_loses_nothing_and_duplicates_only_whole()
                     await asyncio.sleep(1.0)  # the outage itself
                     await broker.start_async()
 
-                outage_task = asyncio.create_task(outage())
-                result = await asyncio.wait_for(pub.drain(batches(), acked.append, window=64), 60)
-                await outage_task
+                async with asyncio.timeout(60), asyncio.TaskGroup() as tasks:
+                    tasks.create_task(outage())  # a failed restart fails the test at once
+                    draining = tasks.create_task(pub.drain(batches(), acked.append, window=64))
+                result = draining.result()
                 stats = pub.stats()
             await sub.wait_for(lambda r: {p for _, p, _, _ in r} >= set(sent.values()), timeout=30)
 
@@ -296,11 +297,11 @@ async def test_broker_outage_mid_drain_loses_nothing_and_duplicates_only_whole()
         assert stats.disconnects >= 1 and stats.reconnects >= 1
         received = sub.payloads(topic)
         assert set(received) == set(sent.values())  # nothing lost, nothing partial or foreign
-        duplicates = len(received) - len(set(received))
-        # Duplicates come only from resends of sends cut by the outage, plus what mosquitto had in
-        # flight to the consumer (its max_inflight_messages, 20) redelivered after the restart.
-        assert duplicates <= stats.publish_errors + 20
-        print(f"outage: {stats}, duplicates at the consumer: {duplicates}")
+        # The publisher sent again only what the outage cut off in flight (at most the window).
+        assert stats.published == 600 + stats.publish_errors
+        assert stats.publish_errors <= 64
+        # The consumer may see more duplicates than that: mosquitto redelivers to a persistent
+        # session whatever PUBACKs it had not processed when it stopped. Whole, all of them.
 
 
 async def test_publish_waits_for_the_broker_to_come_back(broker: Mosquitto) -> None:

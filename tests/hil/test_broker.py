@@ -25,6 +25,7 @@ from hil.broker import (
     BrokerTls,
     EmbeddedBroker,
     Mosquitto,
+    free_port,
     mosquitto_executable,
     password_hash,
     start_broker,
@@ -146,6 +147,15 @@ async def test_persistence_keeps_retained_messages_across_a_restart() -> None:
         assert "persistence true" in kept.config_text()
         assert await retained(kept.host, kept.port, "keep/me") == b"still here"
         assert await retained(volatile.host, volatile.port, "keep/me") is None
+
+
+def test_free_ports_avoid_the_ephemeral_range() -> None:
+    # A client retrying a stopped broker's port must never be handed that port as its own
+    # source port (TCP self-connect): the chosen ports stay out of the kernel's range.
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert all(not low <= port <= high for port in ports)
+    assert len(ports) > 1
 
 
 def test_password_hash_is_mosquitto_pbkdf2_format() -> None:
