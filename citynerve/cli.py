@@ -5,12 +5,15 @@ Each subcommand imports its implementation lazily, so `citynerve --help` stays f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from citynerve import __version__
 from citynerve.boards_cli import boards_app
 from citynerve.sign import app as cmd_app
 from gateway.cli import gateway_app
+from hil.cli import hil_app
 
 app = typer.Typer(
     name="citynerve",
@@ -21,6 +24,7 @@ app = typer.Typer(
 app.add_typer(boards_app, name="boards")
 app.add_typer(cmd_app, name="cmd")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(hil_app, name="hil")
 
 
 @app.command()
@@ -32,11 +36,20 @@ def version() -> None:
 @app.command()
 def demo(
     broker: str = typer.Option(None, "--broker", help="Publish to this broker URL instead of an embedded one."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
+    once_summary: bool = typer.Option(False, "--once-summary",
+                                      help="No live screen: run --duration seconds (20 by default), print what "
+                                           "was decoded per node, exit 1 if a node sent nothing."),
+    runtime: list[str] = typer.Option([], "--runtime", help="BOARD=cpython|micropython (default: air-pico on "
+                                                              "MicroPython, the others on CPython)."),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep the run's logs and ground truth here."),
 ) -> None:
-    """Run the demo junction: what exists of it so far, and a plain list of what does not yet."""
+    """Run the demo junction of boards.toml, emulated end to end, with a live view until Ctrl-C."""
     from citynerve.demo import run_demo
+    from hil.cli import parse_runtimes
 
-    raise typer.Exit(run_demo(broker=broker))
+    raise typer.Exit(run_demo(broker=broker, duration=duration, once_summary=once_summary,
+                              runtimes=parse_runtimes(runtime), workdir=workdir))
 
 
 def main() -> None:

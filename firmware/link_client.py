@@ -16,6 +16,9 @@ HELLO (node, fw, cfg hash, boot, tick, stream table, config errors) goes first o
 after a lone 0x00 so a receiver holding half a frame resynchronises; it is repeated every hello_ms
 until acknowledged, keeping its seq (its tick is refreshed), and sent again when the stream table or
 the config errors change. It is not in the ring: a stream table may be larger than a ring slot.
+A serial link never "reconnects" when the gateway restarts (the UART stays up), and a restarted
+gateway holds DATA back until a HELLO tells it the boot: so when frames wait and no ACK at all has
+come for rehello_ms, the HELLO is sent again (a new seq once the previous one was acknowledged).
 
 DATA. Readings collect in node.outbox (firmware/outbox.py). The link seals them into a DATA
 message when an event is waiting (event_flush_ms after the first one, default 20 ms: events must
@@ -46,7 +49,8 @@ Link config keys (all optional; out-of-range values become config errors and fal
 ring_slots 8, slot_size 640 (bytes on the wire; 8 x 640 B keeps the ring at 5 KB of a 32 KB heap
 budget), flush_ms 1000, event_flush_ms 20, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
 backoff_ms 200, backoff_max_ms 5000, max_payload 1024 (the gateway's limit; a HELLO must fit it),
-rx_max_payload 512 (the biggest CMD payload accepted), reboot_wait_ms 1000.
+rx_max_payload 512 (the biggest CMD payload accepted), reboot_wait_ms 1000, rehello_ms 10000 (0: never
+repeat an acknowledged HELLO).
 """
 
 import asyncio
@@ -82,6 +86,7 @@ SETTINGS = {
     "max_payload": (1024, 64, 4096),
     "rx_max_payload": (512, 64, 4096),
     "reboot_wait_ms": (1000, 0, 10000),
+    "rehello_ms": (10000, 0, 600000),
 }
 MAX_COMMANDS = 2  # commands running at once
 MAX_RESULTS = 4  # answers waiting for the writer
@@ -150,6 +155,7 @@ class LinkClient:
         self._hello_streams = -1  # stream table size and config error count the last HELLO told
         self._hello_errors = -1
         self._hello_at = now
+        self._ack_at = now  # when the last ACK (any) came: its silence triggers a repeated HELLO
         self._link = None
         self._fresh = False  # a new connection: HELLO and a full resend are due
         self._conn_acked = False
@@ -294,6 +300,7 @@ class LinkClient:
             self._on_cmd(message)
 
     def _on_ack(self, message):
+        self._ack_at = self.hal.ticks_ms()
         seq = message["seq"]
         if seq >= 0:
             if seq > SEQ_MASK or not seq_lt(seq, self._next_seq):
@@ -409,11 +416,17 @@ class LinkClient:
             self.ring.rewind()
         elif (len(self.node.streams) != self._hello_streams
               or len(self.node.config_errors) != self._hello_errors
-              or (self._hello_seq is not None and ticks_diff(now, self._hello_at) >= s["hello_ms"])):
+              or (self._hello_seq is not None and ticks_diff(now, self._hello_at) >= s["hello_ms"])
+              or self._rehello_due(now)):
             await self._send_hello(link, now)
         for _seq, frame in self.ring.due(now, s["ack_timeout_ms"]):
             await link.write(frame)
             self.counters["sent"] += 1
+
+    def _rehello_due(self, now):
+        wait = self.settings["rehello_ms"]
+        return (wait > 0 and self._hello_seq is None and len(self.ring) > 0
+                and ticks_diff(now, self._ack_at) >= wait and ticks_diff(now, self._hello_at) >= wait)
 
     def _wait_ms(self, now):
         wait = MAX_SLEEP_MS
