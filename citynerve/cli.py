@@ -11,6 +11,7 @@ import typer
 
 from citynerve import __version__
 from citynerve.boards_cli import boards_app
+from citynerve.flash_cli import flash_command
 from citynerve.sign import app as cmd_app
 from gateway.cli import gateway_app
 from hil.cli import hil_app
@@ -25,6 +26,7 @@ app.add_typer(boards_app, name="boards")
 app.add_typer(cmd_app, name="cmd")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(hil_app, name="hil")
+app.command("flash")(flash_command)
 
 
 @app.command()

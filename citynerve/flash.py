@@ -1,0 +1,548 @@
+"""`citynerve flash BOARD`: put a board's firmware and config on it, and see it come back.
+
+    result = flash("air-pico", port="/dev/ttyACM0")
+
+Steps, each refusing with one sentence that names the place when it cannot go on:
+ 1. check boards.toml whole (citynerve/boards_check.py): a file with problems is refused, with its
+    problem lines, before the board is touched;
+ 2. build the bundle: the board's import closure (citynerve/firmware_bundle.py) compiled with the
+    real mpy-cross into /lib, firmware/main.py as /main.py, and the board's generated /config.json
+    (citynerve/inventory.py; plus the harness's "host" section when an emulated board is flashed);
+ 3. over the REPL with the real mpremote (its SerialTransport: raw REPL after a soft reset, which
+    stops the running firmware), read every bundle file's SHA-256 on the board in one pass;
+ 4. copy only the files whose hash differs, each to a temporary name (PATH.new), base64 in
+    1 KB pieces (about 2.5x faster than mpremote's repr chunks over a 115200 baud console);
+ 5. rename them all into place in one step, so a failed copy leaves the old firmware whole (and
+    its temporary files removed), and a failed rename says which files are new;
+ 6. read every bundle file's SHA-256 on the board again and compare them all;
+ 7. clear the crash-loop record (bootlog.json: a reflash ends safe mode), soft-reset from the
+    friendly REPL (which runs /main.py on every MicroPython port), and wait for the node's HELLO
+    wherever its link ends (a HelloWatch: the gateway's health on MQTT, or the harness's peer),
+    keeping the console's last lines to say why when it does not come.
+`dry_run` stops after step 2 and never opens the port: it cannot know what the board holds, so its
+plan lists every file, and flash copies only those that differ.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import io
+import os
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Protocol
+
+from citynerve.inventory import DEFAULT_BOARDS, REPO_ROOT, InventoryError, board_config, config_bytes
+
+CHUNK = 1024  # data bytes per exec: 1368 base64 characters, well inside any raw REPL buffer
+TMP_SUFFIX = ".new"
+BOOTLOG = "bootlog.json"  # firmware/safe_boot.py
+BACKENDS = ("machine", "host")
+_URL_PORTS = ("socket://", "rfc2217://", "loop://")
+
+
+# -- errors: one sentence each, with the data on them ----------------------------------------------
+
+class FlashError(Exception):
+    """Flashing stopped; str() is the sentence for the technician."""
+
+    def __init__(self, message: str, *, board: str | None = None, port: str | None = None) -> None:
+        super().__init__(message)
+        self.board, self.port = board, port
+
+
+class ConfigRefused(FlashError):
+    """boards.toml did not pass `boards check`; `lines` are its problem lines."""
+
+    def __init__(self, message: str, *, lines: list[str], board: str | None = None) -> None:
+        super().__init__(message, board=board)
+        self.lines = lines
+
+
+class PortError(FlashError):
+    """The serial port does not exist or cannot be opened."""
+
+
+class NoReplError(FlashError):
+    """Something is on the port but it does not answer as a MicroPython REPL."""
+
+
+class BoardFullError(FlashError):
+    """The board's filesystem is full (OSError 28); the old firmware is left as it was."""
+
+
+class CopyError(FlashError):
+    """Copying, renaming or verifying failed; `replaced` lists files that are already new."""
+
+    def __init__(self, message: str, *, replaced: list[str], board: str | None = None,
+                 port: str | None = None) -> None:
+        super().__init__(message, board=board, port=port)
+        self.replaced = replaced
+
+
+class HelloTimeout(FlashError):
+    """The board was reset but its HELLO did not arrive; `console` is its last output."""
+
+    def __init__(self, message: str, *, console: list[str], board: str | None = None,
+                 port: str | None = None) -> None:
+        super().__init__(message, board=board, port=port)
+        self.console = console
+
+
+# -- what goes on the board ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BoardFile:
+    path: str  # on the board, from its root: "lib/firmware/app.mpy", "main.py", "config.json"
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return sha256(self.data).hexdigest()
+
+
+@dataclass
+class FlashPlan:
+    board: str
+    files: list[BoardFile]
+    on_board: dict[str, str | None] | None = None  # path -> hex digest (None: absent); None: unread
+
+    @property
+    def to_copy(self) -> list[BoardFile]:
+        if self.on_board is None:
+            return list(self.files)
+        return [f for f in self.files if self.on_board.get(f.path) != f.sha256]
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(f.size for f in self.to_copy)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def summary(self) -> str:
+        n, size = len(self.to_copy), _kb(self.copy_bytes)
+        if self.on_board is None:
+            return (f"{self.board}: {len(self.files)} files, {_kb(self.total_bytes)} "
+                    "(copied when they differ from the board's)")
+        if not n:
+            return f"{self.board}: 0 files to copy, everything up to date ({len(self.files)} files)"
+        return (f"{self.board}: {n} file{'s' * (n != 1)} to copy ({size}), "
+                f"{len(self.files) - n} up to date")
+
+    def lines(self) -> list[str]:
+        """The plan, one file a line, then the summary."""
+        out = [f"  {f.path:<44} {f.size:>7} B  {f.sha256[:12]}" for f in self.to_copy]
+        return out + [self.summary()]
+
+
+@dataclass
+class FlashResult:
+    plan: FlashPlan
+    port: str | None = None
+    copied: list[str] = field(default_factory=list)
+    verified: int = 0
+    bootlog_cleared: bool = False
+    reset: bool = False
+    hello: dict[str, Any] | None = None
+    console: list[str] = field(default_factory=list)
+
+
+class FlashProgress(Protocol):
+    """What flash tells whoever shows it (the CLI: rich progress; tests: nothing)."""
+
+    def step(self, text: str) -> None: ...
+
+    def copy_started(self, files: int, total_bytes: int) -> None: ...
+
+    def copied(self, path: str, nbytes: int, *, file_done: bool) -> None: ...
+
+    def copy_finished(self) -> None: ...
+
+
+class QuietProgress:
+    def step(self, text: str) -> None:
+        pass
+
+    def copy_started(self, files: int, total_bytes: int) -> None:
+        pass
+
+    def copied(self, path: str, nbytes: int, *, file_done: bool) -> None:
+        pass
+
+    def copy_finished(self) -> None:
+        pass
+
+
+class HelloWatch(Protocol):
+    """Where the node's link ends: `arm()` just before the reset, then `wait()` for the first
+    HELLO from `node` since then (the decoded HELLO message) or None at the timeout."""
+
+    def arm(self) -> None: ...
+
+    def wait(self, node: str, *, timeout: float) -> Mapping[str, Any] | None: ...
+
+
+def config_hash(raw: bytes) -> str:
+    """The config hash a node puts in its HELLO (firmware/app.py)."""
+    return sha256(raw).hexdigest()[:16]
+
+
+def default_build_dir() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "citynerve" / "mpy"
+
+
+def board_config_for(board_id: str, *, boards_file: Path, profiles: Path | None = None,
+                     host: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check boards_file whole, then return `board_id`'s config (with the harness's host section)."""
+    from citynerve.boards_check import check_file, profiles_folder
+    from citynerve.inventory import load_inventory, load_profiles
+
+    report = check_file(boards_file, profiles=profiles)
+    if report.exit_code != 0:
+        count = len(report.errors) or 1
+        raise ConfigRefused(
+            f"{boards_file} does not pass `citynerve boards check` ({count} problem{'s' * (count != 1)}): "
+            "nothing was flashed; fix it first", lines=report.lines(), board=board_id)
+    try:
+        inventory = load_inventory(boards_file)
+        folder = profiles or profiles_folder(inventory, Path(boards_file).parent)
+        config = board_config(inventory, board_id, load_profiles(folder))
+    except InventoryError as exc:
+        raise FlashError(f"{boards_file}: {exc}", board=board_id) from None
+    if host is not None:
+        config["host"] = dict(host)
+    return config
+
+
+def build_bundle(config: dict[str, Any], *, backend: str = "machine", build_dir: Path | None = None,
+                 root: Path = REPO_ROOT) -> list[BoardFile]:
+    """The files a board running `config` needs, compiled with mpy-cross (cached in build_dir)."""
+    from citynerve.firmware_bundle import board_files
+    from citynerve.mpy_toolchain import MpyCompileError, compile_file
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    build_dir = Path(build_dir or default_build_dir())
+    files = []
+    for source in board_files(config, backend=backend, root=root):
+        rel = source.relative_to(root)
+        target = build_dir / rel.with_suffix(".mpy")
+        if not (target.exists() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns):
+            try:
+                compile_file(source, target, source_name=rel.as_posix())
+            except MpyCompileError as exc:
+                raise FlashError(f"{exc}: fix the source before flashing", board=config.get("node")) from None
+        files.append(BoardFile("lib/" + rel.with_suffix(".mpy").as_posix(), target.read_bytes()))
+    files.append(BoardFile("main.py", (root / "firmware" / "main.py").read_bytes()))
+    files.append(BoardFile("config.json", config_bytes(config)))
+    return files
+
+
+# -- the board, over mpremote ----------------------------------------------------------------------
+
+_HASH_SCRIPT = """\
+import os, hashlib, binascii
+def _cn_hash(p):
+    try:
+        n = os.stat(p)[6]
+    except OSError:
+        print(repr((p, None)))
+        return
+    h = hashlib.sha256()
+    b = bytearray(512)
+    m = memoryview(b)
+    with open(p, 'rb') as f:
+        while True:
+            k = f.readinto(b)
+            if not k:
+                break
+            h.update(m[:k])
+    print(repr((p, binascii.hexlify(h.digest()).decode())))
+for _cn_p in {paths!r}:
+    _cn_hash(_cn_p)
+"""
+
+_MKDIR_SCRIPT = """\
+import os
+for _cn_d in {dirs!r}:
+    try:
+        os.mkdir(_cn_d)
+    except OSError as e:
+        if e.errno != 17:
+            raise
+"""
+
+_RENAME_SCRIPT = """\
+import os
+for _cn_a, _cn_b in {pairs!r}:
+    os.rename(_cn_a, _cn_b)
+    print(repr(_cn_b))
+"""
+
+_REMOVE_SCRIPT = """\
+import os
+for _cn_p in {paths!r}:
+    try:
+        os.remove(_cn_p)
+        print(repr(_cn_p))
+    except OSError:
+        pass
+"""
+
+
+class BoardConsole:
+    """A board's REPL over the real mpremote's SerialTransport, in the raw REPL while open."""
+
+    def __init__(self, port: str, *, board: str, repl_timeout: float = 10.0) -> None:
+        self.port, self.board, self.repl_timeout = port, board, repl_timeout
+        self.transport: Any = None
+        self.lines: deque[str] = deque(maxlen=20)  # console output after the reset
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> BoardConsole:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        check_port(self.port, board=self.board)
+        try:
+            with _quiet():
+                # A read timeout, so a board that stops answering is an error, not a hang (mpremote
+                # reads a pty without one); long enough for a busy board to say "OK".
+                self.transport = SerialTransport(self.port, baudrate=115200,
+                                                 timeout=min(5.0, max(0.5, self.repl_timeout / 2)))
+        except TransportError:
+            raise PortError(f"cannot open {self.port}: another program holds it (the gateway, screen, "
+                            "minicom?) or you may not use it (add yourself to the dialout group)",
+                            board=self.board, port=self.port) from None
+        try:
+            with _quiet():
+                self.transport.enter_raw_repl(soft_reset=True, timeout_overall=self.repl_timeout)
+        except (TransportError, OSError):
+            self.transport.close()
+            raise NoReplError(f"the board on {self.port} does not answer as a MicroPython REPL within "
+                              f"{self.repl_timeout:g} s: check it runs MicroPython and that nothing else "
+                              "uses the port", board=self.board, port=self.port) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(3)
+        with contextlib.suppress(Exception):
+            if self.transport.in_raw_repl:
+                self.transport.exit_raw_repl()
+        with contextlib.suppress(Exception):
+            self.transport.close()
+
+    def exec(self, script: str, what: str) -> bytes:
+        """Run `script` on the board; a traceback becomes one sentence (ENOSPC: BoardFullError)."""
+        from mpremote.transport import TransportError, TransportExecError
+
+        try:
+            return self.transport.exec(script)
+        except TransportExecError as exc:
+            last = (exc.error_output.strip().splitlines() or ["?"])[-1]
+            if "Errno 28" in last or "ENOSPC" in last or last.endswith("OSError: 28"):
+                raise BoardFullError(f"the filesystem of {self.board} is full (OSError 28, no space left) "
+                                     f"while {what}; nothing was replaced: the old firmware is intact",
+                                     board=self.board, port=self.port) from exc
+            raise CopyError(f"{self.board} failed while {what}: {last}", replaced=[],
+                            board=self.board, port=self.port) from exc
+        except TransportError as exc:
+            raise NoReplError(f"the board on {self.port} stopped answering while {what} ({exc})",
+                              board=self.board, port=self.port) from None
+
+    def hashes(self, paths: list[str]) -> dict[str, str | None]:
+        out = self.exec(_HASH_SCRIPT.format(paths=["/" + p for p in paths]), "reading file hashes")
+        found: dict[str, str | None] = {}
+        for line in out.decode(errors="replace").splitlines():
+            if line.startswith("("):
+                path, digest = ast.literal_eval(line)
+                found[path[1:]] = digest
+        return found
+
+    def write(self, file: BoardFile, target: str, progress: FlashProgress) -> None:
+        self.exec(f"import binascii\n_cn_f = open({target!r}, 'wb')\n_cn_w = _cn_f.write\n"
+                  "_cn_a = binascii.a2b_base64", f"opening {target}")
+        try:
+            for at in range(0, file.size, CHUNK):
+                piece = file.data[at:at + CHUNK]
+                self.exec(f"_cn_w(_cn_a({base64.b64encode(piece)!r}))", f"writing {target}")
+                progress.copied(file.path, len(piece), file_done=at + CHUNK >= file.size)
+        finally:
+            with contextlib.suppress(FlashError):
+                self.exec("_cn_f.close()", f"closing {target}")
+        if not file.size:
+            progress.copied(file.path, 0, file_done=True)
+
+    def reset(self) -> None:
+        """Soft-reset from the friendly REPL (runs /main.py), then keep reading the console."""
+        self.transport.exit_raw_repl()
+        self.transport.serial.write(b"\x04")
+        seen = self.transport.read_until(1, b"soft reboot\r\n", timeout=5)
+        if not seen.endswith(b"soft reboot\r\n"):
+            raise NoReplError(f"the board on {self.port} did not soft-reset when asked (Ctrl-D); "
+                              "unplug it and plug it back in to start the new firmware",
+                              board=self.board, port=self.port)
+        self.transport.serial.timeout = 0.2
+        self._reader = threading.Thread(target=self._read_console, name="flash-console", daemon=True)
+        self._reader.start()
+
+    def _read_console(self) -> None:
+        partial = b""
+        while not self._stop.is_set():
+            try:
+                data = self.transport.serial.read(256)
+            except Exception:  # noqa: BLE001 - the port went away: nothing more to read
+                return
+            partial += data
+            *done, partial = partial.split(b"\n")
+            for line in done:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    self.lines.append(text)
+
+
+def check_port(port: str, *, board: str) -> None:
+    """Refuse a port that does not exist (pyserial URLs such as socket:// are taken as given)."""
+    if not port.startswith(_URL_PORTS) and not os.path.exists(port):
+        raise PortError(f"there is no serial port {port}: is the board plugged in? "
+                        "(`ls /dev/ttyACM* /dev/ttyUSB*` lists the ports)", board=board, port=port)
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """mpremote prints raw bytes to stdout when it cannot reach the raw REPL; they are not for the
+    technician (the error says it). Only around connecting: this swaps sys.stdout for every thread."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _kb(size: int) -> str:
+    return f"{size / 1024:.1f} KiB"
+
+
+# -- the whole flash ----------------------------------------------------------------------------------
+
+def flash(
+    board_id: str,
+    *,
+    port: str | None,
+    boards_file: Path = DEFAULT_BOARDS,
+    profiles: Path | None = None,
+    backend: str = "machine",
+    host: Mapping[str, Any] | None = None,
+    build_dir: Path | None = None,
+    dry_run: bool = False,
+    reset: bool = True,
+    hello: HelloWatch | None = None,
+    hello_timeout: float = 30.0,
+    repl_timeout: float = 10.0,
+    progress: FlashProgress | None = None,
+) -> FlashResult:
+    """Flash `board_id` of `boards_file` through `port`; see the module docstring for the steps."""
+    progress = progress or QuietProgress()
+    config = board_config_for(board_id, boards_file=Path(boards_file), profiles=profiles, host=host)
+    if not dry_run:
+        if not port:
+            raise PortError(f"no port given for {board_id}: say which with --port (e.g. /dev/ttyACM0)",
+                            board=board_id)
+        check_port(port, board=board_id)
+    progress.step("compiling with mpy-cross")
+    plan = FlashPlan(board_id, build_bundle(config, backend=backend, build_dir=build_dir))
+    result = FlashResult(plan=plan, port=port)
+    if dry_run:
+        return result
+    assert port is not None
+    paths = [f.path for f in plan.files]
+    with BoardConsole(port, board=board_id, repl_timeout=repl_timeout) as board:
+        progress.step("reading the board's file hashes")
+        plan.on_board = board.hashes(paths)
+        progress.step(plan.summary())
+        _copy(board, plan, result, progress)
+        progress.step("verifying every file's SHA-256 on the board")
+        after = board.hashes(paths)
+        wrong = [f.path for f in plan.files if after.get(f.path) != f.sha256]
+        if wrong:
+            raise CopyError(f"{len(wrong)} file{'s' * (len(wrong) != 1)} on {board_id} do not match after "
+                            f"copying ({', '.join(wrong[:5])}): flash again", replaced=result.copied,
+                            board=board_id, port=port)
+        result.verified = len(plan.files)
+        cleared = board.exec(_REMOVE_SCRIPT.format(paths=["/" + BOOTLOG]), "clearing the crash-loop record")
+        result.bootlog_cleared = bool(cleared.strip())
+        if not reset:
+            return result
+        if hello is not None:
+            hello.arm()
+        progress.step("resetting the board")
+        board.reset()
+        result.reset = True
+        if hello is None:
+            return result
+        progress.step(f"waiting up to {hello_timeout:g} s for {board_id}'s HELLO")
+        message = hello.wait(board_id, timeout=hello_timeout)
+        result.console = list(board.lines)
+    if message is None:
+        tail = " | ".join(result.console[-5:]) or "nothing (is the console the board's USB port?)"
+        raise HelloTimeout(f"{board_id} was flashed and reset but no HELLO reached its link within "
+                           f"{hello_timeout:g} s; its console said: {tail}", console=result.console,
+                           board=board_id, port=port)
+    result.hello = dict(message)
+    expected = config_hash(config_bytes(config))
+    if result.hello.get("cfg") != expected:
+        raise FlashError(f"{board_id} said HELLO with config hash {result.hello.get('cfg')}, not the flashed "
+                         f"config.json's {expected}: it did not load the new config", board=board_id, port=port)
+    return result
+
+
+def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: FlashProgress) -> None:
+    todo = plan.to_copy
+    if not todo:
+        return
+    dirs = sorted({"/" + "/".join(f.path.split("/")[:i]) for f in todo for i in range(1, f.path.count("/") + 1)})
+    board.exec(_MKDIR_SCRIPT.format(dirs=dirs), "making folders")
+    progress.copy_started(len(todo), plan.copy_bytes)
+    written: list[str] = []
+    try:
+        for file in todo:
+            target = "/" + file.path + TMP_SUFFIX
+            written.append(target)
+            board.write(file, target, progress)
+    except FlashError as exc:
+        with contextlib.suppress(FlashError):
+            board.exec(_REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
+        if isinstance(exc, BoardFullError):
+            raise
+        raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
+                        replaced=[], board=plan.board, port=board.port) from None
+    finally:
+        progress.copy_finished()
+    pairs = [("/" + f.path + TMP_SUFFIX, "/" + f.path) for f in todo]
+    try:
+        out = board.exec(_RENAME_SCRIPT.format(pairs=pairs), "moving the new files into place")
+    except CopyError as exc:
+        done = exc.__cause__.status_code if exc.__cause__ is not None else b""  # type: ignore[attr-defined]
+        replaced = _printed_paths(done)
+        raise CopyError(f"{plan.board}: only {len(replaced)} of {len(pairs)} new files were moved into "
+                        f"place ({exc}); new: {', '.join(replaced) or 'none'}; flash again to finish",
+                        replaced=replaced, board=plan.board, port=board.port) from None
+    result.copied = _printed_paths(out)
+
+
+def _printed_paths(out: bytes) -> list[str]:
+    """The paths a board script printed with repr(), one a line, without their leading "/"."""
+    return [ast.literal_eval(x)[1:] for x in out.decode(errors="replace").splitlines() if x.startswith("'")]

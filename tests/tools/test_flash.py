@@ -1,0 +1,283 @@
+"""`citynerve flash` with the real mpremote and the real mpy-cross, onto emulated boards (the real
+MicroPython VM behind a pseudo-terminal, hil/emulated_board.py).
+
+One board serves the flash-and-reflash story in order: the demo's air-pico flashed onto it fresh
+boots and its HELLO reaches a test gateway peer; a second flash through the command copies nothing
+and still verifies, and the board says HELLO again from a new boot; a file changed behind the
+board's back (while it was off) is the only one copied. Then the refusals: a dry run, a wrong port,
+a boards.toml with a problem, a full filesystem, a port where no REPL answers, a HELLO that never
+comes. The bundle is compiled once for the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tty
+from collections.abc import Iterator, Mapping
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from citynerve.flash import (
+    BoardFullError,
+    HelloTimeout,
+    NoReplError,
+    PortError,
+    board_config_for,
+    build_bundle,
+    config_hash,
+    flash,
+)
+from citynerve.flash_cli import GatewayHealthHello
+from citynerve.inventory import DEFAULT_BOARDS, config_bytes
+from hil.broker import Mosquitto, mosquitto_executable
+from hil.emulated_board import EmulatedBoard
+from hil.emulators.sds011_emulator import Sds011Emulator
+from protocols.link_frame import HELLO
+from hil.link_peer import LinkPeer
+
+REPO = Path(__file__).resolve().parents[2]
+CITYNERVE = Path(sys.executable).parent / "citynerve"
+BOARD = "air-pico"
+SERIES = [(123, 261), (124, 262), (130, 270)]
+
+
+class PeerHello:
+    """A HelloWatch on a LinkPeer that runs on `loop` (flash runs in a worker thread)."""
+
+    def __init__(self, peer: LinkPeer, loop: asyncio.AbstractEventLoop) -> None:
+        self.peer, self.loop, self.seen = peer, loop, 0
+
+    def arm(self) -> None:
+        self.seen = len(self.peer.of_type(HELLO))
+
+    def wait(self, node: str, *, timeout: float) -> Mapping[str, Any] | None:
+        def fresh() -> list[Any]:
+            return [r.message for r in self.peer.of_type(HELLO)[self.seen:] if r.message["node"] == node]
+
+        future = asyncio.run_coroutine_threadsafe(self.peer.wait_for(fresh, "HELLO", timeout), self.loop)
+        try:
+            return future.result()[0]
+        except AssertionError:
+            return None
+
+
+class NoGateway:
+    """A HelloWatch where nothing ever arrives: the board's link points elsewhere."""
+
+    def __init__(self) -> None:
+        self._never = threading.Event()
+
+    def arm(self) -> None:
+        pass
+
+    def wait(self, node: str, *, timeout: float) -> Mapping[str, Any] | None:
+        self._never.wait(timeout)
+        return None
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CITYNERVE), "flash", *args], capture_output=True, text=True, timeout=180,
+                          cwd=REPO, env=dict(os.environ, COLUMNS="200"))
+
+
+def bundle_snapshot(flash_dir: Path) -> dict[str, bytes]:
+    """The firmware files on a board's flash (bootlog.json is the firmware's own)."""
+    return {p.relative_to(flash_dir).as_posix(): p.read_bytes() for p in sorted(flash_dir.rglob("*"))
+            if p.is_file() and p.name != "bootlog.json"}
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mpy")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedBoard]:
+    with EmulatedBoard(tmp_path_factory.mktemp("board") / "flash") as emulated:
+        yield emulated
+
+
+@pytest.fixture(scope="module")
+def dead_host() -> Iterator[dict[str, Any]]:
+    """A host section whose link and UART go to a bound port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = "127.0.0.1:%d" % sock.getsockname()[1]
+        yield {"link": address, "uarts": {"sds-uart": address}}
+
+
+async def test_a_fresh_board_is_flashed_boots_and_a_reflash_copies_nothing(
+        board: EmulatedBoard, build_dir: Path, tmp_path: Path) -> None:
+    async with Sds011Emulator(SERIES, period_s=0.2) as sensor, LinkPeer() as peer:
+        host = {"uarts": {"sds-uart": sensor.address}, "link": peer.address}
+        watch = PeerHello(peer, asyncio.get_running_loop())
+        result = await asyncio.to_thread(flash, BOARD, port=board.port, backend="host", host=host,
+                                         build_dir=build_dir, hello=watch, hello_timeout=30)
+        files = result.plan.files
+        assert result.copied == [f.path for f in files], "a fresh board gets every file"
+        assert result.verified == len(files) and result.reset
+        paths = {f.path for f in files}
+        assert {"main.py", "config.json", "lib/firmware/app.mpy", "lib/firmware/hal_host.mpy"} <= paths
+        assert result.hello is not None and result.hello["node"] == BOARD and result.hello["fw"] == "0.1.0"
+        assert {"pm2/pm2_5", "pm2/pm10"} <= {entry[1] for entry in result.hello["streams"]}
+        assert result.hello["errors"] == [], "the flashed config is whole: no config errors"
+        config = json.loads(next(f.data for f in files if f.path == "config.json"))
+        assert config["host"] == host and result.hello["cfg"] == config_hash(config_bytes(config))
+        assert bundle_snapshot(board.flash_dir) == {f.path: f.data for f in files}, "the flash persisted on the host"
+        first_boot = result.hello["boot"]
+
+        # The same flash again, through the command: nothing differs, everything is verified,
+        # and the reset board says HELLO from a new boot.
+        host_json = tmp_path / "host.json"
+        host_json.write_text(json.dumps(host))
+        proc = await asyncio.create_subprocess_exec(
+            str(CITYNERVE), "flash", BOARD, "--port", board.port, "--backend", "host", "--host-json",
+            str(host_json), "--build-dir", str(build_dir), cwd=REPO, env=dict(os.environ, COLUMNS="200"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out = (await asyncio.wait_for(proc.communicate(), 120))[0].decode()
+        assert proc.returncode == 0, out
+        assert f"{BOARD}: 0 files to copy, everything up to date ({len(files)} files)" in out
+        assert f"flashed {BOARD} on {board.port}: 0 copied, {len(files)} verified" in out
+        await peer.wait_for(lambda: {h.message["boot"] for h in peer.of_type(HELLO)} - {first_boot},
+                            "a HELLO from the board's next boot")
+
+
+def test_only_a_file_that_differs_is_copied(board: EmulatedBoard, build_dir: Path, dead_host: dict[str, Any]) -> None:
+    flash(BOARD, port=board.port, backend="host", host=dead_host, build_dir=build_dir, reset=False)
+    target = board.flash_dir / "lib" / "firmware" / "clock.mpy"
+    good = target.read_bytes()
+    board.stop()
+    target.write_bytes(b"not the compiled clock")  # changed while the board was off
+    board.start()
+    result = flash(BOARD, port=board.port, backend="host", host=dead_host, build_dir=build_dir, reset=False)
+    assert result.plan.on_board is not None
+    assert result.plan.on_board["lib/firmware/clock.mpy"] == sha256(b"not the compiled clock").hexdigest()
+    assert result.copied == ["lib/firmware/clock.mpy"]
+    assert result.verified == len(result.plan.files)
+    assert target.read_bytes() == good
+    assert not list(board.flash_dir.rglob("*.new")), "no temporary file is left"
+
+
+def test_a_dry_run_prints_the_plan_and_touches_nothing(board: EmulatedBoard, build_dir: Path) -> None:
+    before, boots = bundle_snapshot(board.flash_dir), list(board.log)
+    done = run_cli(BOARD, "--port", board.port, "--dry-run", "--build-dir", str(build_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = build_bundle(board_config_for(BOARD, boards_file=DEFAULT_BOARDS), build_dir=build_dir)
+    for f in files:
+        if f.path != "config.json":
+            assert f"{f.path} " in done.stdout and f" {f.size} B" in done.stdout
+    assert f"total: {len(files)} files, " in done.stdout
+    assert "dry run: nothing was sent" in done.stdout
+    assert bundle_snapshot(board.flash_dir) == before
+    assert list(board.log) == boots, "no reset, no interrupt: the port was not opened"
+
+
+def test_a_wrong_port_is_one_sentence() -> None:
+    done = run_cli(BOARD, "--port", "/dev/ttyNOPE7")
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines() == [
+        "flash: there is no serial port /dev/ttyNOPE7: is the board plugged in? "
+        "(`ls /dev/ttyACM* /dev/ttyUSB*` lists the ports)"]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_boards_file_with_a_problem_is_refused_before_the_board(board: EmulatedBoard, tmp_path: Path) -> None:
+    text = DEFAULT_BOARDS.read_text()
+    assert text.count('profile = "sds011"') == 1
+    broken = tmp_path / "boards.toml"
+    broken.write_text(text.replace('profile = "sds011"', 'profile = "sds012"'))
+    line = text[:text.index('profile = "sds011"')].count("\n") + 1
+    before, boots = bundle_snapshot(board.flash_dir), list(board.log)
+    done = run_cli(BOARD, "--port", board.port, "--config", str(broken), "--profiles", str(REPO / "profiles"))
+    assert done.returncode == 1
+    assert f"{broken}:{line}: board air-pico" in done.stdout and "sds012" in done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith(f"flash: {broken} does not pass `citynerve boards check`")
+    assert "nothing was flashed" in done.stdout
+    assert bundle_snapshot(board.flash_dir) == before and list(board.log) == boots
+
+
+def test_a_full_filesystem_leaves_the_old_firmware(tmp_path: Path, build_dir: Path, dead_host: dict[str, Any]) -> None:
+    flash_dir = tmp_path / "flash"
+    flash_dir.mkdir()
+    (flash_dir / "main.py").write_text("print('old firmware')\n")
+    with EmulatedBoard(flash_dir, capacity=16 * 1024, host=dead_host) as small:
+        with pytest.raises(BoardFullError) as caught:
+            flash(BOARD, port=small.port, backend="host", host=small.host, build_dir=build_dir, reset=False)
+        message = str(caught.value)
+        assert message.startswith(f"the filesystem of {BOARD} is full (OSError 28, no space left) while writing /lib/")
+        assert message.endswith(".new; nothing was replaced: the old firmware is intact")
+        assert "\n" not in message
+    assert bundle_snapshot(flash_dir) == {"main.py": b"print('old firmware')\n"}, "old firmware kept"
+    assert sorted(p.name for p in flash_dir.rglob("*") if p.is_file()) == ["main.py"]
+
+
+def test_a_port_where_no_repl_answers(build_dir: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        with pytest.raises(NoReplError) as caught:
+            flash(BOARD, port=os.ttyname(slave), backend="host", build_dir=build_dir, repl_timeout=1.5)
+        assert str(caught.value) == (
+            f"the board on {os.ttyname(slave)} does not answer as a MicroPython REPL within 1.5 s: "
+            "check it runs MicroPython and that nothing else uses the port")
+    finally:
+        os.close(slave)
+        os.close(master)
+    with pytest.raises(PortError, match="there is no serial port /dev/ttyNOPE7"):
+        flash(BOARD, port="/dev/ttyNOPE7", build_dir=build_dir)
+
+
+def test_a_hello_that_never_comes_says_what_the_board_printed(
+        board: EmulatedBoard, build_dir: Path, dead_host: dict[str, Any]) -> None:
+    with pytest.raises(HelloTimeout) as caught:
+        flash(BOARD, port=board.port, backend="host", host=dead_host, build_dir=build_dir,
+              hello=NoGateway(), hello_timeout=3)
+    error = caught.value
+    assert str(error).startswith(f"{BOARD} was flashed and reset but no HELLO reached its link within 3 s; "
+                                 "its console said: ")
+    assert any("[link] cannot open the link" in line for line in error.console), error.console
+    assert "cannot open the link" in str(error)
+
+
+@pytest.mark.skipif(mosquitto_executable() is None, reason="mosquitto is not installed")
+def test_wait_hello_reads_the_gateways_report_of_a_new_boot(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    with Mosquitto() as broker:
+        boards = tmp_path / "boards.toml"
+        boards.write_text(DEFAULT_BOARDS.read_text().replace('"mqtt://127.0.0.1:1883"', f'"{broker.url}"'))
+        topic = "citynerve/v1/demo-city/jn-main-1st/air-pico/health"
+        gateway = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        gateway.connect(broker.host, broker.port)
+        gateway.loop_start()
+
+        def report(boot: int, source: str = "gateway") -> None:
+            body = {"source": source, "node": BOARD, "boot": boot, "fw": "0.1.0", "cfg": f"cfg{boot}"}
+            gateway.publish(topic, json.dumps(body), qos=1).wait_for_publish(5)
+
+        try:
+            with GatewayHealthHello(boards, BOARD) as watch:
+                report(7)  # the old firmware, before the reset
+                deadline = time.monotonic() + 5
+                while not watch.reports and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polling the watch's inbox, with a deadline
+                assert [r["boot"] for _, r in watch.reports] == [7]
+                watch.arm()
+                report(7)  # still the old boot: the node has not said HELLO yet
+                report(8, source="node")  # the node's own HEALTH is not the gateway's word
+                assert watch.wait(BOARD, timeout=0.5) is None
+                report(8)
+                assert watch.wait(BOARD, timeout=5) == {"node": BOARD, "boot": 8, "fw": "0.1.0", "cfg": "cfg8"}
+        finally:
+            gateway.loop_stop()
+            gateway.disconnect()
