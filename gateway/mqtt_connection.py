@@ -73,6 +73,13 @@ class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(logging.DEBUG, msg, *args, **kwargs)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _reason_value(rc: object) -> int | None:
     if isinstance(rc, ReasonCode):
         return int(rc.value)
@@ -160,8 +167,11 @@ class MqttConnection:
             detail = "the broker closed the connection"
         else:
             detail = f"disconnected ({reason})"
-        with suppress(RuntimeError):  # the loop is already closed: nobody is left to tell
-            self._loop.call_soon_threadsafe(self._mark_lost, detail)
+        if _running_loop() is self._loop:  # the usual case: aiomqtt's socket callbacks
+            self._mark_lost(detail)
+        else:
+            with suppress(RuntimeError):  # the loop is already closed: nobody is left to tell
+                self._loop.call_soon_threadsafe(self._mark_lost, detail)
         assert self._client is not None
         self._client._on_disconnect(client, userdata, flags, reason, props)
 
@@ -319,7 +329,11 @@ class MqttConnection:
             raise ConnectionLost(self._lost.result() if self._lost.done() else "not connected")
         info = self._paho.publish(topic, payload, qos, retain)
         if info.rc != paho_client.MQTT_ERR_SUCCESS:
-            raise ConnectionLost(paho_client.error_string(info.rc))
+            # paho knows the socket is gone before our on_disconnect bookkeeping has run: mark
+            # it now, or a caller retrying at once would spin without ever yielding to the loop.
+            why = paho_client.error_string(info.rc)
+            self._mark_lost(why)
+            raise ConnectionLost(why)
         if qos == 0:
             return
         future: asyncio.Future[ReasonCode] = self._loop.create_future()

@@ -330,7 +330,9 @@ class Publisher:
         )  # fmt: skip
         try:
             await conn.open()
-            if self._subscribe_commands:
+            # A session the broker kept still holds the subscription; subscribing again would
+            # only make it resend any retained command (which the command path would reject).
+            if self._subscribe_commands and not conn.session_present:
                 await conn.subscribe(self.topics.commands_filter, qos=1)
             online = self._status(
                 "online", since_ms=_now_ms(), session_present=conn.session_present
@@ -457,6 +459,7 @@ class Publisher:
                 await conn.send(topic, payload, qos=qos, retain=retain)
             except ConnectionLost:
                 counts["publish_errors"] += 1
+                await asyncio.sleep(0)  # let the loss be processed before trying again
                 continue
             except PublishRefusedError:
                 counts["refused"] += 1

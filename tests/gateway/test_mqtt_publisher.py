@@ -330,15 +330,29 @@ async def test_a_silent_broker_is_given_up_by_keepalive(broker: Mosquitto) -> No
         try:
             sending = asyncio.create_task(pub.publish(TOPICS.health, b"through", retain=True))
             async with asyncio.timeout(15):
-                while pub.connected:
+                while pub.stats().disconnects == 0:
                     await asyncio.sleep(0.01)
+            assert not pub.connected
             assert "keepalive" in (pub.stats().last_error or "")
             assert not sending.done()
         finally:
             os.kill(broker.pid, signal.SIGCONT)
         await asyncio.wait_for(sending, 15)
-        assert pub.stats().disconnects == 1 and pub.stats().reconnects == 1
+        assert pub.stats().reconnects == 1
     assert await retained(broker, TOPICS.health) == b"through"
+
+
+async def test_a_socket_closed_under_us_is_noticed_by_the_next_publish(broker: Mosquitto) -> None:
+    """Regression: paho had closed the socket but our on_disconnect bookkeeping had not run, so
+    publish() kept failing synchronously, never yielding to the event loop (a 100 % CPU spin)."""
+    async with publisher(settings_for(broker.url)) as pub:
+        conn = pub._conn  # white box: close the socket the way paho does, with no callback
+        assert conn is not None and conn._paho is not None
+        conn._paho._sock_close()
+        assert not conn.lost
+        await asyncio.wait_for(pub.publish(TOPICS.health, b"resent", retain=True), 15)
+        assert pub.stats().reconnects == 1 and pub.stats().publish_errors >= 1
+    assert await retained(broker, TOPICS.health) == b"resent"
 
 
 async def test_a_broker_that_is_down_at_start_is_waited_for() -> None:
