@@ -93,8 +93,12 @@ def test_server_on_a_shared_bus_skips_other_replies(data: st.DataObject) -> None
         else:
             reply = rtu.build_exception(req.unit, req.function, data.draw(st.integers(1, 11)))
         stream += adu + reply
-        # A 05/06 echo is byte for byte a request: the server cannot tell it apart.
-        want += [adu, reply] if reply == adu else [adu]
+        # A 05/06 echo is byte for byte a request, and any reply exactly as long as a request of
+        # its function code (say 17 coils: 3 data bytes, 8 bytes in all) is a CRC-valid request
+        # frame too: the server's receiver cannot tell them apart, so it delivers both and leaves
+        # the request's fields to parse_request.
+        looks_like_request = rtu.request_length(reply) == len(reply)
+        want += [adu, reply] if reply == adu or looks_like_request else [adu]
     rx = RtuReceiver(role="server")
     items = []
     for chunk in chunked(stream, data.draw(st.lists(st.integers(0, 3000)))):
