@@ -159,6 +159,7 @@ class GatewayConfig:
     health_interval_s: float = 30.0
     command_timeout_s: float = 30.0
     tcp_bind: str = "127.0.0.1"
+    metrics: str | None = None  # "host:port" of the Prometheus endpoint; None: off
     local_node: str = ""
     nodes: tuple[NodeLink, ...] = ()
     modbus: tuple[BusPlan, ...] = ()
@@ -464,6 +465,7 @@ def _gateway_settings(check: _Checker, gw: Mapping[str, Any]) -> dict[str, Any]:
     out["command_timeout_s"] = check.number(gw, "command_timeout_s", 30.0, section=s, where=w,
                                             low=0.1, high=3600)
     out["tcp_bind"] = check.string(gw, "tcp_bind", "127.0.0.1", section=s, where=w)
+    out["metrics"] = check.string(gw, "metrics", None, section=s, where=w)
     return out
 
 

@@ -95,6 +95,7 @@ class GatewayService:
         self.batcher: Batcher | None = None
         self.links: NodeLinks | None = None
         self.poller: ModbusPoller | None = None
+        self.metrics: Any = None  # gateway.metrics.MetricsServer when [gateway] metrics is set
         self.sessions: dict[str, NodeSession] = {}
         self.counters = {"commands_received": 0, "commands_rejected": 0, "commands_failed": 0,
                          "commands_answered": 0, "health_published": 0, "health_skipped": 0,
@@ -180,8 +181,22 @@ class GatewayService:
             self.poller = ModbusPoller(cfg.modbus, sink=self._on_sample)
             await self.poller.start()
             self._spawn("samples", self._spool_samples())
+        if cfg.metrics:
+            await self._start_metrics(cfg.metrics)
         log.info("gateway running boot=%d nodes=%d modbus_buses=%d", self.gateway_boot,
                  len(self.sessions), len(cfg.modbus))
+
+    async def _start_metrics(self, address: str) -> None:
+        """The Prometheus endpoint. A metrics problem (port taken, say) is logged, not fatal: the
+        data path matters more than its dashboard."""
+        from gateway.metrics import MetricsError, MetricsServer, parse_metrics_address, service_health
+
+        try:
+            host, port = parse_metrics_address(address)
+            self.metrics = await MetricsServer(lambda: service_health(self), host=host, port=port).__aenter__()
+            log.info("metrics endpoint url=%s", self.metrics.url)
+        except MetricsError as error:
+            log.error("metrics endpoint not started: %s", error)
 
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=f"gateway-{name}")
@@ -207,6 +222,9 @@ class GatewayService:
     async def aclose(self) -> None:
         """Shut down in order (see the module doc); safe to call twice."""
         self._stopped.set()
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
         if self.links is not None:
             await self.links.close()
         if self.poller is not None:
