@@ -15,6 +15,7 @@ per node (for scripts and tests): exit status 0 when every node's readings arriv
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +44,10 @@ def run_demo(*, broker: str | None = None, duration: float | None = None, once_s
         return 2
     scenario = scenario.with_changes(duration_s=duration or FOREVER_S)
     folder = workdir or Path(tempfile.mkdtemp(prefix="citynerve-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    # Library chatter (amqtt, paho, the harness) goes to a file: the terminal is the live view's.
+    logging.basicConfig(filename=str(folder / "demo.log"), level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(_demo(console, scenario, folder, broker, duration, once_summary))
     except KeyboardInterrupt:

@@ -6,8 +6,8 @@ loop": lost, duplicated, corrupted, late; each zero unless the scenario says wha
     print(result.text())
 
 Each decoded reading is matched to the truth item it reports (hil/accounting_truth.py): same
-node, same event code and parameter or same stream, the same value for a sample, and a decoded
-time inside the item's window. Then:
+node, same event code and parameter or same stream, the same value for a sample, a decoded time
+inside the item's window, and of those the nearest in time. Then:
 
 - lost: an expected truth item nothing reported; `lost_explained` when a node reset took it
   (it was in RAM), and `faulted` when the stream reported a fault in its place (the quality
@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hil.accounting_intervals import check_intervals
-from hil.accounting_truth import RunTruth, TruthItem, truth_items
+from hil.accounting_truth import RunTruth, TruthItem, truth_items, up_windows
 from hil.junction_stream import Reading, StreamStats
 from hil.scenario import Expectations
 
-__all__ = ["Accounting", "KindCounts", "account", "modbus_check", "percentiles"]
+__all__ = ["Accounting", "KindCounts", "account", "merge_modbus", "percentiles"]
 
 EVENT_KINDS = ("detector", "phase")
 FAULT_LOOKBACK_US = 3_000_000  # a wire fault this long before a fault sample explains it
@@ -285,7 +285,9 @@ def _match(result: Accounting, r: Reading, group: list[TruthItem], times: list[i
     counts = result.kinds[kind]
     fresh = [i for i in same if not i.matched]
     if fresh:
-        item = fresh[0]
+        # The nearest in time: with a value that repeats (a PM series) or an event that comes
+        # round again, the earliest candidate may be the previous one, which went missing.
+        item = min(fresh, key=lambda i: abs(r.t - i.t_ms))
         item.matched = True
         item.got_t, item.got_boot = r.t, r.node_boot
         latency = r.recv_ms - item.t_ms
@@ -322,7 +324,7 @@ def _same(a: float | int | tuple[float | int, ...], b: float | int | None) -> bo
 def _faults_and_losses(result: Accounting, truth: RunTruth, items: list[TruthItem],
                        faults: list[Reading], damage: dict[str, list[int]]) -> None:
     """Classify fault samples (explained or not) and the expected items nothing delivered."""
-    starts = {b: [s for s, _ in _windows(truth, b)] for b in truth.boards}
+    starts = {b: [s for s, _ in up_windows(truth.records, b)] for b in truth.boards}
     offset_us = truth.utc_ms(truth.t0_us) * 1000 - truth.t0_us
     used: list[tuple[str, int]] = []
     for f in faults:
@@ -358,56 +360,6 @@ def _faults_and_losses(result: Accounting, truth: RunTruth, items: list[TruthIte
             _problem(result, f"lost {item.kind} {item.node} {item.key[1:]} at t_us {item.t_us} "
                              f"(scenario t {(item.t_us - truth.t0_us) / 1e6:.3f} s)")
 
-
-def _windows(truth: RunTruth, board: str) -> list[tuple[int, int | None]]:
-    from hil.accounting_truth import up_windows
-
-    return up_windows(truth.records, board)
-
-
-def modbus_check(truth: RunTruth, *, board: str, controller: str = "signal", dead: str, poll_ms: int,
-                 backoff_ms: int, offline_after: int = 3, retries: int = 1) -> dict[str, Any]:
-    """The dead unit must not stall the bus: once it is offline it is tried at most once per
-    backoff window (tries at least backoff_ms apart), and the controller's polls around a try
-    are delayed by at most one try. Reads the controller's "served" and the dead unit's "silent"
-    records (each request the dead unit ignored)."""
-    polls = sorted(int(r["t_us"]) for r in truth.records
-                   if r.source == controller and r.kind == "served" and r["t_us"] <= truth.end_us)
-    tries = sorted(int(r["t_us"]) for r in truth.records
-                   if r.source == dead and r.kind == "silent" and r["t_us"] <= truth.end_us)
-    # Each boot of the node starts the unit's health afresh: its first offline_after requests
-    # (with their retries) come before it is offline, and are not judged.
-    settle = offline_after * (1 + retries)
-    starts = sorted(int(r["t_us"]) for r in truth.records
-                    if r.source == "harness" and r.kind == "node_start" and r.fields.get("board") == board)
-    later: list[int] = []
-    spacing: list[float] = []
-    for i, start in enumerate(starts or [0]):
-        stop = starts[i + 1] if i + 1 < len(starts) else None
-        boot = [t for t in tries if t >= start and (stop is None or t < stop)][settle:]
-        later += boot
-        spacing += [(b - a) / 1000 for a, b in zip(boot, boot[1:])]
-    worst_in_gap = 0
-    max_gap = 0.0
-    for a, b in zip(polls, polls[1:]):
-        inside = bisect.bisect_left(later, b) - bisect.bisect_right(later, a)
-        worst_in_gap = max(worst_in_gap, inside)
-        if inside:
-            max_gap = max(max_gap, (b - a) / 1000)
-    violations = []
-    if not later:
-        violations.append(f"the dead unit {dead} was never tried after going offline: check the scenario")
-    if spacing and min(spacing) < 0.9 * backoff_ms:
-        violations.append(f"the dead unit {dead} was tried {min(spacing):.0f} ms apart, inside one "
-                          f"{backoff_ms} ms backoff window")
-    if worst_in_gap > 1:
-        violations.append(f"{worst_in_gap} tries of the dead unit {dead} delayed one controller poll")
-    gaps = [(b - a) / 1000 for a, b in zip(polls, polls[1:])]
-    return {"controller_polls": len(polls), "dead_unit_tries": len(tries),
-            "tries_after_offline": len(later),
-            "min_try_spacing_ms": round(min(spacing)) if spacing else None,
-            "max_poll_gap_with_try_ms": round(max_gap), "max_poll_gap_ms": round(max(gaps)) if gaps else None,
-            "poll_ms": poll_ms, "violations": violations}
 
 
 def merge_modbus(result: Accounting, check: Mapping[str, Any] | None) -> Accounting:

@@ -25,6 +25,7 @@ __all__ = ["check_intervals"]
 
 AMBIGUITY_US = 25_000
 ERROR_SPAN_MS = 15_000
+ERROR_SAMPLES = 5
 SPEED_TOLERANCE_MPH = 0.15  # dec 1 rounding plus the simulator's integer-us edge times
 OCCUPANCY_TOLERANCE_PCT = 0.011  # dec 2 rounding
 
@@ -80,9 +81,12 @@ def check_intervals(truth: RunTruth, readings: Sequence[Reading],
 
 
 def _error_near(errors: Sequence[tuple[int, int]], t: int) -> int:
-    """The median mapping error (ms) of the detector events within ERROR_SPAN_MS of t, else 0."""
-    near = sorted(e for when, e in errors if abs(when - t) <= ERROR_SPAN_MS)
-    return near[len(near) // 2] if near else 0
+    """The median mapping error (ms) of the ERROR_SAMPLES detector events nearest t (within
+    ERROR_SPAN_MS), else 0: the gateway's estimate can step (a restart, a better round trip), so
+    only the events around the boundary say what it was there."""
+    near = sorted((abs(when - t), e) for when, e in errors if abs(when - t) <= ERROR_SPAN_MS)[:ERROR_SAMPLES]
+    values = sorted(e for _, e in near)
+    return values[len(values) // 2] if values else 0
 
 
 def _compare(vehicles: list[dict[str, Any]], lo: int, hi: int, measures: dict[str, Reading], *,

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from citynerve.inventory import board_config, boards, load_inventory, load_profiles
-from hil.accounting import Accounting, account, merge_modbus, modbus_check
+from citynerve.inventory import load_inventory, load_profiles
+from hil.accounting import Accounting, account, merge_modbus
+from hil.accounting_modbus import modbus_check
 from hil.accounting_truth import BoardInfo, RunTruth
 from hil.broker import EmbeddedBroker, Mosquitto, mosquitto_executable
 from hil.emulators.ground_truth import GroundTruthLog, MonotonicClock
@@ -36,13 +38,14 @@ from firmware.modbus_master import DEFAULT_BACKOFF_MS as MODBUS_BACKOFF_MS
 from firmware.modbus_master import DEFAULT_OFFLINE_AFTER as MODBUS_OFFLINE_AFTER
 from firmware.modbus_master import DEFAULT_RETRIES as MODBUS_RETRIES
 from hil.firmware_process import build_micropython_files
+from hil.junction_config import dead_unit_id, node_configs
 from hil.junction_devices import JunctionDevices
 from hil.junction_gateway import GatewayRunner
 from hil.junction_stream import Reading, StreamRecorder
 from hil.node_runner import NodeRunner
 from hil.scenario import FaultSpec, Scenario, ScenarioError
 
-__all__ = ["Junction", "JunctionError", "RunResult", "node_configs", "run_scenario"]
+__all__ = ["Junction", "JunctionError", "RunResult", "run_scenario"]
 
 log = logging.getLogger(__name__)
 
@@ -77,34 +80,6 @@ class RunResult:
         return not self.accounting.violations(self.scenario.expect)
 
 
-def node_configs(inventory: dict[str, Any], profiles: dict[str, dict[str, Any]],
-                 scenario: Scenario) -> dict[str, dict[str, Any]]:
-    """Each board's node config (citynerve.inventory.board_config) with the scenario's settings,
-    link settings, device changes and dead units applied."""
-    out = {}
-    for board in boards(inventory):
-        config = board_config(inventory, board["id"], profiles)
-        config.update(copy.deepcopy(dict(scenario.node_settings)))
-        config["link"] = {**config["link"], **scenario.link}
-        for device in config["devices"]:
-            device.update(copy.deepcopy(dict(scenario.devices.get(device["id"], {}))))
-        for fault in scenario.faults_of("dead_unit"):
-            if fault.board != board["id"]:
-                continue
-            if fault.profile not in profiles:
-                raise ScenarioError(scenario.path or scenario.name, "fault.profile",
-                                    f"{fault.profile!r} is not a profile")
-            config["devices"].append({"id": dead_unit_id(fault), "profile": fault.profile,
-                                      "bus": fault.bus, "address": fault.address, "poll_ms": fault.poll_ms})
-            config["profiles"][fault.profile] = profiles[fault.profile]
-        out[board["id"]] = config
-    return out
-
-
-def dead_unit_id(fault: FaultSpec) -> str:
-    return f"aux{fault.address}"
-
-
 class Junction:
     """See the module doc. `broker_url` uses a broker that is already running (no broker faults);
     `on_event(text)` hears what the harness does (for a progress line or the live view)."""
@@ -128,7 +103,7 @@ class Junction:
             raise ScenarioError(scenario.path or scenario.name, "fault",
                                 "a broker outage needs the harness's own broker, not --broker")
         self.clock = MonotonicClock()
-        self.truth = GroundTruthLog(self.workdir / "truth.jsonl", clock=self.clock)
+        self.truth = GroundTruthLog(clock=self.clock)  # in memory until started: then also a file
         self.broker: Mosquitto | EmbeddedBroker | None = None
         self.recorder: StreamRecorder | None = None
         self.devices: JunctionDevices | None = None
@@ -163,6 +138,7 @@ class Junction:
 
     async def _start(self) -> None:
         sc = self.scenario
+        self.truth = GroundTruthLog(self.workdir / "truth.jsonl", clock=self.clock)
         self._stack.callback(self.truth.close)
         if self.broker_url is None:
             kind = sc.broker
@@ -270,9 +246,16 @@ class Junction:
                 result = self.accounting()
         drained = time.monotonic() - started
         self._note(f"accounting done after {drained:.1f} s of drain")
+        assert self.devices is not None
+        for frame in self.devices.pm_frames():  # the PM sensors keep their own logs: file them too
+            self.truth.record(f"{frame.board}/{frame.device}", "frame", t_us=frame.t_us, values=frame.values)
         assert self.recorder is not None
+        readings = self.recorder.readings()
+        with (self.workdir / "decoded.jsonl").open("w") as fh:  # what the subscriber decoded, kept
+            for r in readings:
+                fh.write(json.dumps(dataclasses.asdict(r), separators=(",", ":")) + "\n")
         return RunResult(self.scenario, result, self.run_truth(), self.t0_us, drained, list(self.events),
-                         self.recorder.readings(), self.workdir)
+                         readings, self.workdir)
 
     def run_truth(self) -> RunTruth:
         assert self.devices is not None and self.t0_us is not None and self.devices.playback is not None

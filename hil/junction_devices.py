@@ -337,11 +337,3 @@ by a generic unit that the fault silences."""
         return TrafficPlayback(lanes, seed=self.scenario.seed, duration_s=duration, clock=self.clock,
                                truth=self.truth, controller=self.controller)
 
-
-def lane_of(playback: TrafficPlayback, board: str, pins: Sequence[int]) -> int | None:
-    """The playback's index of the lane on `board` with these pins."""
-    for i, lane in enumerate(playback.lanes):
-        if lane.node == board and tuple(lane.pins) == tuple(pins):
-            return i
-    return None
-

@@ -1,6 +1,7 @@
 """A scenario run's report folder: the accounting (text and JSON), what the harness did, and the
 picture (timeline.svg: phases, detector actuations and air quality, fault windows shaded). The run's
-own files stay beside them: truth.jsonl (ground truth), gateway/gateway.log, nodes/<board>.log.
+own files stay beside them: truth.jsonl (ground truth), decoded.jsonl (what the subscriber
+decoded), gateway/gateway.log and the gateway's boards.toml, nodes/<board>.log.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ what a consumer of the MQTT stream saw.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 from hil.junction_stream import Reading
@@ -35,7 +35,7 @@ def timeline_svg(readings: Sequence[Reading], *, start_ms: int, end_ms: int, tit
     detectors = detector_spans(readings)
     det_rows = sorted({s.row for s in detectors}, key=lambda r: int(r.split()[1]))
     rows = ["ring 1", "ring 2", *det_rows]
-    top = 50
+    top = 64
     air_top = top + ROW * len(rows) + 40
     air_h = 180
     height = air_top + air_h + 60
@@ -43,11 +43,12 @@ def timeline_svg(readings: Sequence[Reading], *, start_ms: int, end_ms: int, tit
            f'font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{escape(title)}</text>']
-    for f_start, f_end, label in faults:
+    for i, (f_start, f_end, label) in enumerate(sorted(faults)):
         x0, x1 = x(f_start), x(f_end)
         out.append(f'<rect x="{x0:.1f}" y="{top - 8}" width="{max(2.0, x1 - x0):.1f}" '
                    f'height="{height - top - 40}" fill="#999" opacity="0.18"/>')
-        out.append(f'<text x="{x0 + 2:.1f}" y="{top - 12}" fill="#555">{escape(label)}</text>')
+        # Labels alternate between two lines: a kill inside an outage must not cover its label.
+        out.append(f'<text x="{x0 + 2:.1f}" y="{top - 12 - 14 * (i % 2)}" fill="#555">{escape(label)}</text>')
     for i, row in enumerate(rows):
         y = top + i * ROW
         out.append(f'<text x="{LEFT - 8}" y="{y + ROW * 0.65:.1f}" text-anchor="end">{escape(row)}</text>')
@@ -80,8 +81,7 @@ def _tick_step(span_ms: int) -> int:
     return 600
 
 
-def _bar(s: Span, index: int, top: int, x: object, end_ms: int) -> str:
-    assert callable(x)
+def _bar(s: Span, index: int, top: int, x: Callable[[int], float], end_ms: int) -> str:
     y = top + index * ROW
     x0, x1 = x(s.start), x(s.end if s.end is not None else end_ms)
     label = f'<title>{escape(s.row)} {escape(s.label)} {s.state}</title>'
@@ -92,8 +92,8 @@ def _bar(s: Span, index: int, top: int, x: object, end_ms: int) -> str:
             f'fill="{COLORS.get(s.state, "#777")}">{label}</rect>{text}')
 
 
-def _air(readings: Sequence[Reading], top: int, height: int, x: object, plot: int) -> list[str]:
-    assert callable(x)
+def _air(readings: Sequence[Reading], top: int, height: int, x: Callable[[int], float],
+         plot: int) -> list[str]:
     series = air_series(readings)
     pm = {k: v for k, v in series.items() if k.endswith("pm2_5")}
     co2 = {k: v for k, v in series.items() if k.endswith("co2_ppm")}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hil.accounting import account, modbus_check, percentiles
+from hil.accounting import account, percentiles
+from hil.accounting_modbus import modbus_check
 from hil.accounting_truth import BoardInfo, RunTruth
 from hil.emulators.ground_truth import TruthRecord
 from hil.junction_devices import PmFrame

@@ -16,7 +16,7 @@ from gateway.config import load_gateway_config
 from hil.demo_view import DemoView
 from hil.emulators.ground_truth import GroundTruthLog, MonotonicClock
 from hil.emulators.modbus_devices import GenericModbusSensor, ModbusDeviceServer
-from hil.junction import dead_unit_id, node_configs
+from hil.junction_config import dead_unit_id, node_configs
 from hil.junction_devices import PtyTcpRelay
 from hil.junction_gateway import gateway_boards, toml_text
 from hil.junction_stream import Reading, utc_ms
