@@ -13,6 +13,8 @@ from citynerve import __version__
 from citynerve.boards_cli import boards_app
 from citynerve.flash_cli import flash_command
 from citynerve.sign import app as cmd_app
+from citynerve.status import status_command
+from citynerve.tap import tap_command
 from gateway.cli import gateway_app
 from hil.cli import hil_app
 
@@ -27,6 +29,8 @@ app.add_typer(cmd_app, name="cmd")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(hil_app, name="hil")
 app.command("flash")(flash_command)
+app.command("tap")(tap_command)
+app.command("status")(status_command)
 
 
 @app.command()
