@@ -1,0 +1,83 @@
+"""`citynerve status --once` as a subprocess against a real mosquitto and a real gateway process:
+every board is listed with its link state, firmware and config hash check, the gateway's spool
+depth is shown, and the exit code says whether the junction is commissioned (1 while a board is
+not linked or the gateway is offline, 0 when all is well)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from citynerve.inventory import board_config, config_bytes, load_inventory, load_profiles
+from citynerve.status import expected_config_hashes
+from hil.broker import Mosquitto
+from tests.gateway.conftest import (  # noqa: F401 - fixtures used by name
+    GatewayProcess,
+    ScriptedNode,
+    gateway_process,
+    mosquitto,
+    tcp_opener,
+    wait_until,
+    write_boards,
+)
+from tests.tools.test_tap import AIR_STREAMS, citynerve, junction
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_status_once_lists_every_board_link_and_the_spool(
+        tmp_path: Path, mosquitto: Mosquitto, gateway_process: Callable[..., GatewayProcess]) -> None:
+    async with junction(tmp_path, mosquitto, gateway_process, ["air", "cab"],
+                        health_interval_s=0.3) as (config, ports, gw):
+        async with ScriptedNode("air", AIR_STREAMS,
+                                connect=tcp_opener("127.0.0.1", ports["air"])) as air:
+            air.send_data([("pm2/pm2_5", 3.0, None, 0)])
+            await wait_until(air.all_acked, "the gateway to acknowledge air's HELLO and DATA")
+            common = ("status", "--config", str(config), "--broker", mosquitto.url, "--once", "--wait", "15")
+            async with citynerve(*common) as status:
+                code, lines, err = await status.finish()
+
+            # The same junction without the missing board is commissioned: exit 0.
+            only_air = write_boards(tmp_path / "air-only.toml", broker=mosquitto.url,
+                                    spool=tmp_path / "spool.sqlite",
+                                    boards=[{"id": "air", "link": {"transport": "tcp",
+                                                                   "gateway_port": ports["air"]}}])
+            async with citynerve("status", "--config", str(only_air), "--broker", mosquitto.url,
+                                 "--once", "--wait", "15") as status:
+                ok_code, ok_lines, ok_err = await status.finish()
+        gw.terminate()
+        async with citynerve(*common) as status:
+            off_code, off_lines, off_err = await status.finish()
+
+    text = "\n".join(lines)
+    assert code == 1, (text, err)
+    assert lines[0].startswith("gateway gw-test at test-site: online, boot "), text
+    assert any(l.startswith("  spool: ") and " frames pending, " in l and " batches unacknowledged" in l
+               for l in lines), text
+    assert "  broker: connected" in text
+    air_line = next(l for l in lines if l.startswith("board air: "))
+    assert air_line.startswith(f"board air: connected, boot {air.boot:08x}, last frame 20"), air_line
+    assert "fw scripted-1" in air_line
+    expected = expected_config_hashes(config)["air"]
+    assert f"cfg MISMATCH cfg0 != {expected}" in air_line  # the scripted node runs no real config
+    assert next(l for l in lines if l.startswith("board cab: ")).startswith("board cab: disconnected, "), text
+    assert "PROBLEM: board cab: not linked to the gateway" in text
+
+    assert ok_code == 0, ("\n".join(ok_lines), ok_err)
+    assert not any(l.startswith("PROBLEM") for l in ok_lines)
+
+    assert off_code == 1
+    assert off_lines[0].startswith("gateway gw-test at test-site: offline (shutdown)"), off_lines
+    assert "PROBLEM: the gateway is offline (shutdown)" in off_lines
+
+
+def test_expected_config_hash_is_what_flash_writes(tmp_path: Path) -> None:
+    repo_boards = Path(__file__).resolve().parents[2] / "boards.toml"
+    hashes = expected_config_hashes(repo_boards)
+    inventory = load_inventory(repo_boards)
+    raw = config_bytes(board_config(inventory, "air-pico", load_profiles()))
+    assert hashes["air-pico"] == hashlib.sha256(raw).hexdigest()[:16]
+    assert set(hashes) >= {"air-pico", "cab-pico"}
