@@ -64,6 +64,8 @@ class JunctionView:
 
     boards: list[str]
     expected_cfg: Mapping[str, str | None]
+    site: str = "?"
+    gateway: str = "?"
     status: dict[str, Any] | None = None
     gateway_health: dict[str, Any] | None = None
     link: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> "source": "gateway"
@@ -122,7 +124,7 @@ class JunctionView:
 
     def gateway_lines(self) -> list[str]:
         s = self.status or {}
-        line = (f"gateway {s.get('gateway', '?')} at {s.get('site', '?')}: "
+        line = (f"gateway {s.get('gateway', self.gateway)} at {s.get('site', self.site)}: "
                 f"{s.get('state', 'unknown')}" + (f" ({s['reason']})" if s.get("reason") else "")
                 + f", boot {s.get('boot_id', '-')}, version {s.get('version', '-')}")
         h = self.gateway_health
@@ -264,7 +266,7 @@ def status_command(
             expected = expected_config_hashes(config)
         except Exception:  # noqa: BLE001 - a config that loads for the gateway but not for flash
             expected = {b: None for b in board_ids}
-        view = JunctionView(board_ids, expected)
+        view = JunctionView(board_ids, expected, site=topics.site, gateway=topics.gateway)
         window = wait if wait is not None else cfg.health_interval_s + HEALTH_MARGIN_S
         code = asyncio.run(run_status(settings, topics, view, once=once, window_s=window))
     except TapError as error:

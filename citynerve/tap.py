@@ -214,7 +214,7 @@ def _health_text(body: dict[str, Any]) -> str:
         return ", ".join(parts)
     spool = body.get("spool") or {}
     publisher = body.get("publisher") or {}
-    return (f"gateway health spool {spool.get('pending_frames', '-')} frames "
+    return (f"health spool {spool.get('pending_frames', '-')} frames "
             f"{spool.get('unacked_batches', '-')} batches unacked, "
             f"publisher {'connected' if publisher.get('connected') else 'not connected'}")
 
