@@ -31,7 +31,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { randomInt } from "node:crypto";
-import net from "node:net";
+import { connect } from "./tcp_stream.mjs";
 
 const SYSTEM_DIRS = new Set(["dev", "proc"]);
 
@@ -483,56 +483,6 @@ function hostbridge(FS, store, post) {
   };
 }
 
-function connect(host, port) {
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let waiter = null;
-    let closed = false;
-    const wake = () => {
-      if (waiter) {
-        const w = waiter;
-        waiter = null;
-        w();
-      }
-    };
-    const sock = net.connect(port, host, () => {
-      sock.setNoDelay(true);
-      resolve({
-        write(data) {
-          sock.write(Buffer.from(data));
-        },
-        // Resolves with up to maxBytes bytes once any are there; an empty array means closed.
-        read(maxBytes) {
-          return new Promise((done) => {
-            const take = () => {
-              const all = Buffer.concat(chunks.splice(0));
-              if (all.length > maxBytes) chunks.push(all.subarray(maxBytes));
-              done(new Uint8Array(all.subarray(0, maxBytes)));
-            };
-            if (chunks.length || closed) take();
-            else waiter = take;
-          });
-        },
-        close() {
-          sock.destroy();
-        },
-      });
-    });
-    sock.on("data", (d) => {
-      chunks.push(d);
-      wake();
-    });
-    sock.on("close", () => {
-      closed = true;
-      wake();
-    });
-    sock.on("error", (e) => {
-      closed = true;
-      reject(e);
-      wake();
-    });
-  });
-}
 
 // Last, so every declaration above is initialised before either role starts.
 if (isMainThread) await supervise();
