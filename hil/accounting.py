@@ -18,7 +18,8 @@ inside the item's window, and of those the nearest in time. Then:
   bytes counts as corrupted;
 - corrupted: a reading no truth item explains (a wrong value, a phantom event, a number from a
   dead unit, a lane interval whose volume, occupancy or speed differs from the traffic played),
-  and undecodable batches;
+  and undecodable batches (a detector reading that fits no edge while the harness's own loop
+  stalled is set apart: the edge may have reached the node late, the harness's fault);
 - late: a matched reading that reached the subscriber more than late_event_ms (events) or
   late_measurement_ms (samples, intervals) after its truth instant; `late_explained` when that
   reading was in flight during a fault's window (its start to its end plus recovery_s) or while
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hil.accounting_intervals import check_intervals
-from hil.accounting_truth import RunTruth, TruthItem, truth_items, up_windows
+from hil.accounting_truth import STALL_MARGIN_US, RunTruth, TruthItem, truth_items, up_windows
 from hil.junction_stream import Reading, StreamStats
 from hil.scenario import Expectations
 
@@ -86,6 +87,9 @@ class Accounting:
     faults_unexplained: int = 0
     unchecked: int = 0
     after_end: int = 0
+    harness_stalled: int = 0  # readings that would count as corrupted but for a harness stall
+    stalls: int = 0  # times the harness's event loop fell behind (and the longest, ms)
+    longest_stall_ms: int = 0
     latency_ms: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
     intervals: dict[str, Any] = field(default_factory=dict)
     modbus: dict[str, Any] | None = None
@@ -154,7 +158,10 @@ class Accounting:
                      f"{self.explained_duplicates}, conflicting batch ids {self.conflicting_batches}, "
                      f"undecodable {self.undecodable}")
         lines.append(f"fault samples: {self.faults_explained} explained, {self.faults_unexplained} unexplained; "
-                     f"unchecked readings {self.unchecked}, after the end {self.after_end}")
+                     f"unchecked readings {self.unchecked}, after the end {self.after_end}, "
+                     f"set apart for a harness stall {self.harness_stalled}")
+        if self.stalls:
+            lines.append(f"harness stalls: {self.stalls}, the longest {self.longest_stall_ms} ms")
         if self.intervals:
             lines.append("lane intervals: " + ", ".join(f"{k} {v}" for k, v in self.intervals.items()
                                                         if k != "problems"))
@@ -171,7 +178,9 @@ def account(truth: RunTruth, readings: Sequence[Reading], stats: StreamStats, *,
             expect: Expectations, measurement_interval_s: float = 10.0) -> Accounting:
     """Compare the decoded `readings` (StreamRecorder.readings(), once per batch id) with `truth`."""
     result = Accounting(batches=stats.batches, explained_duplicates=stats.explained_duplicates,
-                        conflicting_batches=stats.conflicting_batches, undecodable=stats.undecodable)
+                        conflicting_batches=stats.conflicting_batches, undecodable=stats.undecodable,
+                        stalls=len(truth.stalls),
+                        longest_stall_ms=max(((e - s) // 1000 for s, e in truth.stalls), default=0))
     items = truth_items(truth)
     late_m = expect.late_measurement_ms or int(measurement_interval_s * 1000) + 5000
     fault_windows = [(s, e + int(expect.recovery_s * 1e6)) for s, e, _ in truth.fault_windows]
@@ -184,6 +193,11 @@ def account(truth: RunTruth, readings: Sequence[Reading], stats: StreamStats, *,
     times = {k: [i.t_ms for i in g] for k, g in groups.items()}
     damage = _damage(truth)
     explain = _LateExplainer(fault_windows, damage)
+    offset_us = truth.utc_ms(truth.t0_us) * 1000 - truth.t0_us
+
+    def stalled_at(t_ms: int) -> bool:
+        t_us = t_ms * 1000 - offset_us
+        return truth.stalled(t_us - STALL_MARGIN_US, t_us + STALL_MARGIN_US)
     latencies: dict[str, list[float]] = {}
     faults: list[Reading] = []
     dead = {(b, d) for b, info in truth.boards.items() for d in info.dead}
@@ -211,7 +225,7 @@ def account(truth: RunTruth, readings: Sequence[Reading], stats: StreamStats, *,
         # Past the end the truth is still being written: a reading there may match, and is
         # never judged when it does not.
         _match(result, r, group, times[key], latencies, explain, expect.late_event_ms, late_m,
-               judge=r.t <= end_ms)
+               stalled_at, judge=r.t <= end_ms)
     for item in items:
         counts = result.kinds[item.kind]
         if not item.expected:
@@ -275,7 +289,8 @@ def _damage(truth: RunTruth) -> dict[str, list[int]]:
 
 def _match(result: Accounting, r: Reading, group: list[TruthItem], times: list[int],
            latencies: dict[str, list[float]], explain: _LateExplainer,
-           late_event_ms: int, late_m: int, *, judge: bool = True) -> None:
+           late_event_ms: int, late_m: int, stalled: Callable[[int], bool], *,
+           judge: bool = True) -> None:
     widest = max(i.window[1] for i in group), min(i.window[0] for i in group)
     lo = bisect.bisect_left(times, r.t - widest[0])
     hi = bisect.bisect_right(times, r.t - widest[1])
@@ -306,8 +321,12 @@ def _match(result: Accounting, r: Reading, group: list[TruthItem], times: list[i
         counts.duplicated += 1
         _problem(result, f"duplicate {kind} {r.node} {item_key(r)} at {r.t}")
         return
-    counts.corrupted += 1
     what = f"value {r.value} where the truth has {[i.value for i in candidates]}" if candidates else "no truth item"
+    if kind == "detector" and stalled(r.t):
+        result.harness_stalled += 1
+        _problem(result, f"detector {r.node} {item_key(r)} at {r.t} during a harness stall: {what}")
+        return
+    counts.corrupted += 1
     _problem(result, f"corrupted {kind} {r.node} {item_key(r)} at {r.t}: {what}")
 
 

@@ -10,7 +10,9 @@ the gateway's tick mapping, whose error the detector events of the same node boo
 decoded time minus the edge's true time): boundaries are moved back by the median error nearby,
 vehicles within AMBIGUITY_US of a boundary may still fall either side, and the tolerances widen
 by what they could change. A boundary missing between
-two published ones of the same node boot is a lost interval.
+two published ones of the same node boot is a lost interval. A mismatch in an interval during
+which the harness's event loop stalled is counted apart ("stalled"): its loop edges may have
+reached the node late.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hil.accounting_truth import RunTruth
+from hil.accounting_truth import STALL_MARGIN_US, RunTruth
 from hil.junction_stream import Reading
 
 __all__ = ["check_intervals"]
@@ -46,7 +48,7 @@ def check_intervals(truth: RunTruth, readings: Sequence[Reading],
         device, _, measure = (r.stream or "").partition("/")
         published.setdefault((r.node, r.node_boot, device), {}).setdefault(r.t, {})[measure] = r
     out: dict[str, Any] = {"published": 0, "lost": 0, "corrupted": 0, "checked": 0, "unchecked": 0,
-                           "problems": []}
+                           "stalled": 0, "problems": []}
     for (node, boot, device), by_t in published.items():
         info = truth.boards[node]
         errors = sorted((clock_errors or {}).get((node, boot), ()))
@@ -74,7 +76,10 @@ def check_intervals(truth: RunTruth, readings: Sequence[Reading],
             problem = _compare(vehicles.get(lane, []), lo, hi, measures,
                                trap=len(info.pins.get(device, ())) == 2)
             out["checked"] += 1
-            if problem:
+            if problem and truth.stalled(lo - STALL_MARGIN_US, hi):
+                out["stalled"] += 1  # edges the harness played late: its fault, not the node's
+                out["problems"].append(f"interval {node}/{device} ending {t} (harness stalled): {problem}")
+            elif problem:
                 out["corrupted"] += 1
                 out["problems"].append(f"interval {node}/{device} ending {t}: {problem}")
     return out

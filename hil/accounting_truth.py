@@ -4,10 +4,12 @@ whether the junction could have observed it.
 
 Observability. A node can only report what happened while it ran: a truth item counts as
 expected when it falls inside one of its board's up windows (process start + `grace` to its
-stop; the first boot is up by scenario time 0, which waits for every node to publish), and, for signal-controller events, when the controller was read before and after it by
-the same boot of the node (the first read of a boot only sets the state, phase_events.py).
+stop; the first boot is up by scenario time 0, which waits for every node to publish), and, for
+signal-controller events, when the controller was read before and after it by the same boot of
+the node (the first read of a boot only sets the state, phase_events.py).
 A missing item within `reboot_window` before a node was reset is explained loss (a reset takes
-what the node held in RAM), counted apart from unexplained loss.
+what the node held in RAM), counted apart from unexplained loss; so is a loop edge played while
+the harness's own event loop stalled (it may have reached the node late: the harness's fault).
 
 Kinds and their match windows (decoded time minus truth time, ms):
 - detector: Indiana 82/81 per loop edge of every vehicle played to a connected node, +-50 (the
@@ -39,6 +41,7 @@ REST_IN_RED_WINDOW = (-20, 8000)
 PM_WINDOW = (-200, 1500)
 CO2_WINDOW = (-1000, 1500)
 CO2_RETRY_US = 500_000
+STALL_MARGIN_US = 200_000  # an edge this close to a harness stall may have reached the node late
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class RunTruth:
     fault_windows: Sequence[tuple[int, int, str]] = ()  # (start_us, end_us, kind)
     grace_us: Mapping[str, int] = field(default_factory=dict)  # board -> boot grace
     reboot_window_us: int = 3_000_000
+    # When the harness's own event loop stalled (hil.junction's watch): loop edges it played then
+    # may have reached the node late, so what the node made of them is the harness's doing.
+    stalls: Sequence[tuple[int, int]] = ()
+
+    def stalled(self, t0_us: int, t1_us: int) -> bool:
+        """Whether the harness stalled at any time in [t0_us, t1_us]."""
+        return any(s <= t1_us and t0_us <= e for s, e in self.stalls)
 
 
 @dataclass
@@ -157,6 +167,9 @@ def _detector_items(truth: RunTruth, obs: _Observer) -> list[TruthItem]:
             if loop >= len(channels):
                 continue
             judged = obs.judge(board, int(t_us)) if r["delivered"] else (False, None)
+            if judged[0] and judged[1] is None and truth.stalled(int(t_us) - STALL_MARGIN_US,
+                                                                  int(t_us) + STALL_MARGIN_US):
+                judged = (True, "harness stall")
             code = EVENT_DETECTOR_ON if on else EVENT_DETECTOR_OFF
             out.append(_item(truth, "detector", board, ("e", code, channels[loop]), int(t_us), None,
                              DETECTOR_WINDOW, judged))

@@ -42,9 +42,11 @@ def parse_runtimes(values: list[str]) -> dict[str, str]:
 
 @hil_app.command("run")
 def run(
-    scenario: str = typer.Argument(..., help="A scenario in hil/scenarios (demo, faults, faults_long) or a TOML file."),
+    scenario: str = typer.Argument(
+        ..., help="A scenario in hil/scenarios (demo, faults, faults_long) or a TOML file."),
     out: Path = typer.Option(None, "--out", help="Report folder (default hil-reports/<scenario>-<time>)."),
-    runtime: list[str] = typer.Option([], "--runtime", help="BOARD=cpython|micropython, overriding the scenario."),
+    runtime: list[str] = typer.Option(
+        [], "--runtime", help="BOARD=cpython|micropython, overriding the scenario."),
     duration: float = typer.Option(None, "--duration", help="Scenario seconds, overriding the scenario's."),
 ) -> None:
     """Run SCENARIO, print its accounting and write its report."""

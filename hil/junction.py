@@ -40,10 +40,11 @@ from firmware.modbus_master import DEFAULT_RETRIES as MODBUS_RETRIES
 from hil.firmware_process import build_micropython_files
 from hil.junction_config import dead_unit_id, node_configs
 from hil.junction_devices import JunctionDevices
+from hil.junction_faults import run_fault
 from hil.junction_gateway import GatewayRunner
 from hil.junction_stream import Reading, StreamRecorder
 from hil.node_runner import NodeRunner
-from hil.scenario import FaultSpec, Scenario, ScenarioError
+from hil.scenario import Scenario, ScenarioError
 
 __all__ = ["Junction", "JunctionError", "RunResult", "run_scenario"]
 
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 BOOT_GRACE_S = {"cpython": 3.0, "micropython": 8.0}  # a node's drivers are up this long after start
 READY_TIMEOUT_S = 60.0
 DRAIN_POLL_S = 1.0
+STALL_WATCH_S = 0.01
+# Loop edges go out 20 ms ahead and the node waits 50 ms for late ones (TrafficPlayback lead_s,
+# firmware/drivers/loop_presence.py LAG_US): a loop running this late may have delivered one late.
+STALL_US = 50_000
 MIN_DRAIN_S = 4.0
 
 
@@ -112,9 +117,10 @@ class Junction:
         self.t0_us: int | None = None
         self.events: list[str] = []
         self.fault_windows: list[tuple[int, int, str]] = []
+        self.stalls: list[tuple[int, int]] = []  # when this process's event loop fell behind
         self._stack = contextlib.AsyncExitStack()
         self._fault_tasks: list[asyncio.Task[None]] = []
-        self._gateway_lock = asyncio.Lock()
+        self.gateway_lock = asyncio.Lock()  # a restart and another kill never overlap
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -140,6 +146,8 @@ class Junction:
         sc = self.scenario
         self.truth = GroundTruthLog(self.workdir / "truth.jsonl", clock=self.clock)
         self._stack.callback(self.truth.close)
+        watch = asyncio.create_task(self._watch_stalls(), name="stall watch")
+        self._stack.push_async_callback(_cancel, watch)
         if self.broker_url is None:
             kind = sc.broker
             if kind == "auto":
@@ -149,7 +157,7 @@ class Junction:
                                               "(apt-get install mosquitto)")
             self.broker = Mosquitto(persistence=True) if kind == "mosquitto" else EmbeddedBroker()
             await self._stack.enter_async_context(self.broker)
-            self._note(f"broker {self.broker.kind} at {self.broker.url}")
+            self.note(f"broker {self.broker.kind} at {self.broker.url}")
         site = str(self.inventory["site"]["id"])
         gateway_id = str(self.inventory["gateway"]["id"])
         self.recorder = StreamRecorder(self.url, site=site, gateway=gateway_id)
@@ -166,7 +174,7 @@ class Junction:
                                      broker=self.url, workdir=self.workdir / "gateway",
                                      settings=dict(sc.gateway))
         await self._stack.enter_async_context(self.gateway)
-        self._note(f"gateway running (pid {self.gateway.pid})")
+        self.note(f"gateway running (pid {self.gateway.pid})")
         for board, config in self.configs.items():
             runtime = sc.runtime_of(board)
             runner = NodeRunner(config=config, host=self.devices.host_section(board), runtime=runtime,
@@ -180,7 +188,7 @@ class Junction:
                 await asyncio.to_thread(build_micropython_files, runner.workdir)
             self.truth.record("harness", "node_start", board=board, runtime=runtime)
             await runner.start()
-        self._note("nodes started: " + ", ".join(f"{b} ({r.runtime})" for b, r in self.nodes.items()))
+        self.note("nodes started: " + ", ".join(f"{b} ({r.runtime})" for b, r in self.nodes.items()))
         if self.wait_for_nodes:
             await self._wait_ready()
         assert self.devices.playback is not None
@@ -188,9 +196,20 @@ class Junction:
             await self.devices.playback.wait_connected(board, timeout=READY_TIMEOUT_S)
         self.t0_us = self.devices.playback.start()
         self.truth.record("harness", "t0", t_us=self.t0_us, scenario=sc.name)
-        self._note("traffic started: scenario time 0")
+        self.note("traffic started: scenario time 0")
         for fault in sc.faults:
-            self._fault_tasks.append(asyncio.create_task(self._fault(fault), name=f"fault {fault.kind}"))
+            self._fault_tasks.append(asyncio.create_task(run_fault(self, fault), name=f"fault {fault.kind}"))
+
+    async def _watch_stalls(self) -> None:
+        """Note when this event loop runs late: the emulators keep time on it, so a stall delays
+        what they send (a loop edge played late is the harness's fault, not the node's)."""
+        period_us = round(STALL_WATCH_S * 1e6)
+        while True:
+            before = self.clock.now_us()
+            await asyncio.sleep(STALL_WATCH_S)
+            after = self.clock.now_us()
+            if after - before - period_us > STALL_US:
+                self.stalls.append((before + period_us, after))
 
     async def _wait_ready(self) -> None:
         assert self.recorder is not None
@@ -206,7 +225,7 @@ class Junction:
                 raise JunctionError("start", f"no data from {', '.join(missing)} within "
                                              f"{READY_TIMEOUT_S:g} s (logs in {self.workdir})")
             await asyncio.sleep(0.1)
-        self._note("every node has published")
+        self.note("every node has published")
 
     async def _stop_node(self, board: str) -> None:
         runner = self.nodes[board]
@@ -232,7 +251,7 @@ class Junction:
         end_us = self.t0_us + round(self.scenario.duration_s * 1e6)
         await self.clock.sleep_until(end_us)
         await asyncio.gather(*self._fault_tasks)
-        self._note("duration over: draining")
+        self.note("duration over: draining")
         started = time.monotonic()
         if drain:
             # Vehicles are logged once their last edge is out, a second or two after they
@@ -245,7 +264,7 @@ class Junction:
                 await asyncio.sleep(DRAIN_POLL_S)
                 result = self.accounting()
         drained = time.monotonic() - started
-        self._note(f"accounting done after {drained:.1f} s of drain")
+        self.note(f"accounting done after {drained:.1f} s of drain")
         assert self.devices is not None
         for frame in self.devices.pm_frames():  # the PM sensors keep their own logs: file them too
             self.truth.record(f"{frame.board}/{frame.device}", "frame", t_us=frame.t_us, values=frame.values)
@@ -281,7 +300,8 @@ class Junction:
             wire_faults={k: list(v) for k, v in self.devices.wire_faults.items()}, boards=infos, lanes=lanes,
             fault_windows=list(self.fault_windows),
             grace_us={b: round(BOOT_GRACE_S[self.scenario.runtime_of(b)] * 1e6) for b in infos},
-            reboot_window_us=round(self.scenario.expect.reboot_loss_window_s * 1e6))
+            reboot_window_us=round(self.scenario.expect.reboot_loss_window_s * 1e6),
+            stalls=list(self.stalls))
 
     def accounting(self) -> Accounting:
         """The accounting of everything so far."""
@@ -308,68 +328,8 @@ class Junction:
                                       retries=tuning("retries", MODBUS_RETRIES))
         return merge_modbus(result, checks)
 
-    # -- faults ----------------------------------------------------------------------------------
-
-    async def _fault(self, fault: FaultSpec) -> None:
-        assert self.t0_us is not None and self.devices is not None
-        await self.clock.sleep_until(self.t0_us + round(fault.at_s * 1e6))
-        start = self.clock.now_us()
-        self.truth.record("harness", "fault", fault=fault.kind, at_s=fault.at_s, board=fault.board)
-        if fault.kind == "broker_down":
-            assert self.broker is not None and fault.duration_s is not None
-            self._note(f"broker down for {fault.duration_s:g} s")
-            await self._broker_stop()
-            await asyncio.sleep(fault.duration_s)
-            await self._broker_start()
-            self._note("broker back")
-        elif fault.kind == "gateway_kill":
-            assert self.gateway is not None
-            async with self._gateway_lock:
-                self.gateway.kill()
-                self._note(f"gateway killed (kill -9); restarting in {fault.restart_after_s:g} s")
-                await asyncio.sleep(fault.restart_after_s)
-                await self.gateway.start()
-            self._note(f"gateway restarted (pid {self.gateway.pid})")
-        elif fault.kind == "node_reboot":
-            board = fault.board or ""
-            runner = self.nodes[board]
-            runner.kill()
-            self.truth.record("harness", "node_stop", board=board, reason="reboot")
-            await runner.stop()
-            self._note(f"node {board} reset; back in {fault.down_s:g} s")
-            await asyncio.sleep(fault.down_s)
-            self.truth.record("harness", "node_start", board=board, runtime=runner.runtime)
-            await runner.start()
-        elif fault.kind == "bit_errors":
-            names = self.devices.set_bit_errors(fault.rate, fault.wires)
-            self._note(f"bit error rate {fault.rate:g} on {len(names)} wires")
-            if fault.duration_s is not None:
-                await asyncio.sleep(fault.duration_s)
-                self.devices.set_bit_errors(0.0, names)
-        elif fault.kind == "dead_unit":
-            unit = self.devices.modbus_units[(fault.board or "", dead_unit_id(fault))]
-            if fault.at_s > 0:
-                unit.go_silent(duration_s=fault.duration_s)
-            self._note(f"Modbus unit {fault.address} on {fault.board}/{fault.bus} is dead")
-            return
-        if fault.kind in ("broker_down", "gateway_kill", "node_reboot"):
-            self.fault_windows.append((start, self.clock.now_us(), fault.kind))
-
-    async def _broker_stop(self) -> None:
-        assert self.broker is not None
-        if isinstance(self.broker, Mosquitto):
-            await self.broker.stop_async()
-        else:
-            await self.broker.stop()
-
-    async def _broker_start(self) -> None:
-        assert self.broker is not None
-        if isinstance(self.broker, Mosquitto):
-            await self.broker.start_async()
-        else:
-            await self.broker.start()
-
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """Record what the harness did, in scenario time (the live view and the report show it)."""
         line = f"[t={self.now_s():7.2f} s] {text}"
         self.events.append(line)
         log.info("%s", line)
@@ -397,3 +357,9 @@ async def run_scenario(scenario: Scenario, *, workdir: Path, broker_url: str | N
     """Bring the junction up, run the scenario, account, and shut everything down."""
     async with Junction(scenario, workdir=workdir, broker_url=broker_url, on_event=on_event) as junction:
         return await junction.run()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

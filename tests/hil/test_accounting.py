@@ -159,3 +159,17 @@ def test_the_dead_unit_check_reads_tries_and_polls() -> None:
 def test_percentiles_use_nearest_rank() -> None:
     assert percentiles(list(range(1, 101))) == {"count": 100, "p50": 50, "p90": 90, "p99": 99, "max": 100}
     assert percentiles([])["p99"] is None
+
+
+def test_a_harness_stall_is_the_harness_s_fault_not_the_node_s() -> None:
+    cars = [vehicle(2.0), vehicle(8.0)]
+    stall = (T0 + 7_950_000, T0 + 8_100_000)  # the loop ran 150 ms late as car 2 arrived
+    truth = replace(base_truth(cars), stalls=[stall])
+    assert truth.stalled(T0 + 8_000_000, T0 + 8_000_000) and not truth.stalled(T0, T0 + 1_000_000)
+    readings = detector_readings(cars[0]) + detector_readings(cars[1])[1:]
+    readings.append(ev(T0 + 8_090_000, EVENT_DETECTOR_ON, 1))  # its edge, stamped late
+    result = account(truth, readings, StreamStats(), expect=Expectations())
+    det = result.kinds["detector"]
+    assert (det.lost, det.lost_explained, det.corrupted, result.harness_stalled) == (0, 1, 0, 1)
+    result = account(replace(truth, stalls=[]), readings, StreamStats(), expect=Expectations())
+    assert (result.kinds["detector"].lost, result.kinds["detector"].corrupted) == (1, 1), "without it"

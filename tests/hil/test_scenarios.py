@@ -49,15 +49,16 @@ def test_the_scenario_files_load_and_a_bad_one_is_refused_with_its_key(tmp_path:
 async def test_the_demo_junction_with_its_cabinet_on_micropython_accounts_clean(
         junction_run: RunJunction, tmp_path: Path) -> None:
     scenario = load_scenario("demo").with_runtimes(
-        {"cab-pico": "micropython", "air-esp32": "cpython", "air-pico": "cpython"}).with_changes(duration_s=15)
+        {"cab-pico": "micropython", "air-esp32": "cpython", "air-pico": "cpython"})
     result = await junction_run(scenario)
     acc = result.accounting
     assert acc.violations(scenario.expect) == [], acc.text() + "\n" + "\n".join(acc.problems)
     for kind in CHECKED_KINDS:
         counts = acc.kinds[kind]
-        assert counts.expected > 0 and counts.delivered == counts.expected, (kind, counts)
-        assert counts.lost == counts.lost_explained == counts.corrupted == counts.duplicated == 0
-    assert acc.intervals["checked"] > 0, "at least one lane interval compared with the traffic"
+        assert counts.expected > 0 and counts.lost == counts.corrupted == counts.duplicated == 0, (kind, counts)
+        # Without faults only a stall of the harness itself (a loaded machine) may excuse a loss.
+        assert counts.delivered == counts.expected or result.truth.stalls, (kind, counts)
+    assert acc.intervals["checked"] > 0, acc.intervals
     assert acc.latency_ms["detector"]["count"] > 0
     assert acc.explained_duplicates == acc.conflicting_batches == acc.undecodable == 0
     paths = write_report(result, tmp_path / "report")
