@@ -161,7 +161,10 @@ class Junction:
         site = str(self.inventory["site"]["id"])
         gateway_id = str(self.inventory["gateway"]["id"])
         self.recorder = StreamRecorder(self.url, site=site, gateway=gateway_id)
-        await asyncio.to_thread(self.recorder.start)
+        try:
+            await asyncio.to_thread(self.recorder.start)
+        except (OSError, TimeoutError) as error:
+            raise JunctionError("subscriber", f"cannot subscribe at {self.url} ({error})") from None
         self._stack.callback(self.recorder.stop)
         dead = [(f.board or "", dead_unit_id(f)) for f in sc.faults_of("dead_unit")]
         self.devices = await self._stack.enter_async_context(
