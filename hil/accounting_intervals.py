@@ -29,7 +29,10 @@ AMBIGUITY_US = 25_000
 ERROR_SPAN_MS = 15_000
 ERROR_SAMPLES = 5
 SPEED_TOLERANCE_MPH = 0.15  # dec 1 rounding plus the simulator's integer-us edge times
-OCCUPANCY_TOLERANCE_PCT = 0.011  # dec 2 rounding
+# The firmware issue's accuracy bound (occupancy within 0.1 percentage points of ground truth): a
+# fault scenario's wire delays move interval boundaries by a few ms, which dec 2 rounding alone
+# (0.005) would call corruption.
+OCCUPANCY_TOLERANCE_PCT = 0.1
 
 
 def check_intervals(truth: RunTruth, readings: Sequence[Reading],
