@@ -46,8 +46,8 @@ resets once it is acknowledged or reboot_wait_ms later.
 HEALTH (firmware/health.py) goes every health_s and when asked.
 
 Link config keys (all optional; out-of-range values become config errors and fall back):
-ring_slots 8, slot_size 640 (bytes on the wire; 8 x 640 B keeps the ring at 5 KB of a 32 KB heap
-budget), flush_ms 1000, event_flush_ms 20, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
+ring_slots 8, slot_size 1024 (bytes on the wire; 8 x 1 KB, since a cabinet node's HEALTH with three
+devices is ~800 B and must keep its device detail), flush_ms 1000, event_flush_ms 20, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
 backoff_ms 200, backoff_max_ms 5000, max_payload 1024 (the gateway's limit; a HELLO must fit it),
 rx_max_payload 512 (the biggest CMD payload accepted), reboot_wait_ms 1000, rehello_ms 10000 (0: never
 repeat an acknowledged HELLO).
@@ -75,7 +75,7 @@ from protocols.ticks import ticks_add, ticks_diff
 # link config key -> (default, lowest, highest)
 SETTINGS = {
     "ring_slots": (8, 1, 64),
-    "slot_size": (640, 64, 4096),
+    "slot_size": (1024, 64, 4096),
     "flush_ms": (1000, 10, 60000),
     "event_flush_ms": (20, 0, 1000),
     "ack_timeout_ms": (2000, 20, 60000),
