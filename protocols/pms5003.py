@@ -21,6 +21,7 @@ emulator of the sensor needs; cmd_* return the host's command frames.
 import struct
 
 from protocols.errors import ProtocolError
+from protocols.frame_hunter import GARBAGE_REPORT_BYTES, FrameHunter  # noqa: F401 - re-exported
 
 HEADER = b"\x42\x4d"  # start characters 1 and 2, "BM" (datasheet, "Transport protocol - active mode")
 DATA_LENGTH = 28  # frame length field of a data frame: 13 data words + checksum
@@ -46,10 +47,6 @@ FIELDS = (
     "count_0_3", "count_0_5", "count_1_0", "count_2_5", "count_5_0", "count_10",
     "reserved",
 )
-
-# A run of unsynchronised bytes is reported as one error when the next header ends it, or once it
-# reaches this length (so a line spewing noise still shows up as errors, not only as counts).
-GARBAGE_REPORT_BYTES = 256
 
 
 class Pms5003Error(ProtocolError):
@@ -119,7 +116,7 @@ class Pms5003Ack:
         return "Pms5003Ack(command=0x%02X, data=%d)" % (self.command, self.data)
 
 
-class Pms5003Parser:
+class Pms5003Parser(FrameHunter):
     """Incremental decoder for the sensor's byte stream; feed(data) never raises on input.
 
     feed returns, in stream order, Pms5003Reading, Pms5003Ack and Pms5003Error items. Hunting: the
@@ -134,26 +131,13 @@ class Pms5003Parser:
     The retained buffer never exceeds one frame minus a byte (pending < 32).
     """
 
+    ERROR = Pms5003Error
+    FRAME_NAME = "a PMS5003 frame"
+
     def __init__(self):
-        self.counters = {"frames": 0, "acks": 0, "bad_checksum": 0, "bad_length": 0,
-                         "garbage_bytes": 0}
-        self._buf = b""
-        self._base = 0  # stream offset of self._buf[0]
-        self._run_start = 0  # the current run of skipped bytes: where it began,
-        self._run_len = 0  # how long it is,
-        self._run_reported = False  # and whether a bad-frame error already stands for it
+        FrameHunter.__init__(self, {"frames": 0, "acks": 0, "bad_checksum": 0, "bad_length": 0,
+                                    "garbage_bytes": 0})
 
-    @property
-    def pending(self):
-        """Bytes held back as the start of a frame not yet complete."""
-        return len(self._buf)
-
-    def reset(self):
-        """Forget a partial frame (after reopening the port, say); counters are kept."""
-        self._base += len(self._buf)
-        self._buf = b""
-        self._run_len = 0
-        self._run_reported = False
 
     def feed(self, data):
         out = []
@@ -205,39 +189,6 @@ class Pms5003Parser:
         self._buf = buf[i:]
         self._base = base + i
         return out
-
-    def _skip(self, out, start, count):
-        self.counters["garbage_bytes"] += count
-        # Runs are cut at exact multiples of GARBAGE_REPORT_BYTES so the items feed returns do not
-        # depend on how the stream was chunked.
-        while count > 0:
-            if self._run_len == 0:
-                self._run_start = start
-            take = GARBAGE_REPORT_BYTES - self._run_len
-            if take > count:
-                take = count
-            self._run_len += take
-            start += take
-            count -= take
-            if self._run_len >= GARBAGE_REPORT_BYTES:
-                self._close_run(out)
-
-    def _close_run(self, out):
-        if self._run_len and not self._run_reported:
-            out.append(Pms5003Error(
-                "skipped %d bytes that are not part of a PMS5003 frame" % self._run_len,
-                self._run_start, "garbage"))
-        self._run_len = 0
-        self._run_reported = False
-
-    def _reject(self, out, kind, reason, offset):
-        self.counters[kind] += 1
-        out.append(Pms5003Error(reason, offset, kind))
-        # The rejected header byte starts a run that this error already stands for.
-        self._run_start = offset
-        self._run_len = 1
-        self._run_reported = True
-        self.counters["garbage_bytes"] += 1
 
 
 def _word(name, value):

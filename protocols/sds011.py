@@ -15,6 +15,7 @@ emulator of the sensor needs; cmd_* return the host's command frames.
 """
 
 from protocols.errors import ProtocolError
+from protocols.frame_hunter import GARBAGE_REPORT_BYTES, FrameHunter  # noqa: F401 - re-exported
 
 HEAD = 0xAA
 TAIL = 0xAB
@@ -47,10 +48,6 @@ KINDS = {
     FIRMWARE: "firmware",
     WORKING_PERIOD: "working_period",
 }
-
-# A run of unsynchronised bytes is reported as one error when the next header ends it, or once it
-# reaches this length (so a line spewing noise still shows up as errors, not only as counts).
-GARBAGE_REPORT_BYTES = 256
 
 
 class Sds011Error(ProtocolError):
@@ -141,7 +138,7 @@ def _decode_reply(buf, i):
     return None
 
 
-class Sds011Parser:
+class Sds011Parser(FrameHunter):
     """Incremental decoder for the sensor's byte stream; feed(data) never raises on input.
 
     feed returns, in stream order, Sds011Reading, Sds011Reply and Sds011Error items. Hunting: the
@@ -155,26 +152,13 @@ class Sds011Parser:
     The retained buffer never exceeds one frame minus a byte (pending < 10).
     """
 
+    ERROR = Sds011Error
+    FRAME_NAME = "an SDS011 frame"
+
     def __init__(self):
-        self.counters = {"frames": 0, "replies": 0, "bad_checksum": 0, "bad_tail": 0,
-                         "unknown_reply": 0, "garbage_bytes": 0}
-        self._buf = b""
-        self._base = 0  # stream offset of self._buf[0]
-        self._run_start = 0  # the current run of skipped bytes: where it began,
-        self._run_len = 0  # how long it is,
-        self._run_reported = False  # and whether a bad-frame error already stands for it
+        FrameHunter.__init__(self, {"frames": 0, "replies": 0, "bad_checksum": 0, "bad_tail": 0,
+                                    "unknown_reply": 0, "garbage_bytes": 0})
 
-    @property
-    def pending(self):
-        """Bytes held back as the start of a frame not yet complete."""
-        return len(self._buf)
-
-    def reset(self):
-        """Forget a partial frame (after reopening the port, say); counters are kept."""
-        self._base += len(self._buf)
-        self._buf = b""
-        self._run_len = 0
-        self._run_reported = False
 
     def feed(self, data):
         out = []
@@ -233,39 +217,6 @@ class Sds011Parser:
         self._buf = buf[i:]
         self._base = base + i
         return out
-
-    def _skip(self, out, start, count):
-        self.counters["garbage_bytes"] += count
-        # Runs are cut at exact multiples of GARBAGE_REPORT_BYTES so the items feed returns do not
-        # depend on how the stream was chunked.
-        while count > 0:
-            if self._run_len == 0:
-                self._run_start = start
-            take = GARBAGE_REPORT_BYTES - self._run_len
-            if take > count:
-                take = count
-            self._run_len += take
-            start += take
-            count -= take
-            if self._run_len >= GARBAGE_REPORT_BYTES:
-                self._close_run(out)
-
-    def _close_run(self, out):
-        if self._run_len and not self._run_reported:
-            out.append(Sds011Error(
-                "skipped %d bytes that are not part of an SDS011 frame" % self._run_len,
-                self._run_start, "garbage"))
-        self._run_len = 0
-        self._run_reported = False
-
-    def _reject(self, out, kind, reason, offset):
-        self.counters[kind] += 1
-        out.append(Sds011Error(reason, offset, kind))
-        # The rejected head byte starts a run that this error already stands for.
-        self._run_start = offset
-        self._run_len = 1
-        self._run_reported = True
-        self.counters["garbage_bytes"] += 1
 
 
 def _check(name, value, low, high):
