@@ -28,14 +28,15 @@ class NodeContext:
             self._buses[bus_id] = uart
         return uart
 
-    def modbus(self, bus_id):
-        """The Modbus RTU master for bus `bus_id`: one per bus so its devices never talk at once."""
+    def modbus(self, bus_id, master_class):
+        """The Modbus RTU master for bus `bus_id`: one per bus so its devices never talk at once.
+        The Modbus drivers pass master_class (firmware.modbus_master.ModbusMaster), so a board
+        without Modbus devices never imports the Modbus stack (citynerve/firmware_bundle.py
+        leaves it off its flash)."""
         master = self._masters.get(bus_id)
         if master is None:
-            from firmware.modbus_master import ModbusMaster
-
             bus = self.config["buses"][bus_id]
-            master = ModbusMaster(self.hal, self.bus(bus_id), baud=bus["baud"],
+            master = master_class(self.hal, self.bus(bus_id), baud=bus["baud"],
                                   framing=bus.get("framing", "8E1"))
             self._masters[bus_id] = master
         return master

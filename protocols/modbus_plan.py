@@ -11,8 +11,8 @@ Some devices answer unmapped registers with exception 02 (illegal data address),
 filling is off unless a profile sets `max_gap`.
 """
 
-from protocols.modbus_rtu import (
-    READ_LIMITS, ModbusRequest, build_request, expected_response_length, transaction_time_us)
+from protocols.modbus_rtu import READ_LIMITS, ModbusRequest, build_request, expected_response_length
+from protocols.modbus_timing import transaction_time_us
 
 TABLES = {"coil": 0x01, "discrete": 0x02, "holding": 0x03, "input": 0x04}
 _TABLE_NAMES = {0x01: "coil", 0x02: "discrete", 0x03: "holding", 0x04: "input"}

@@ -20,8 +20,9 @@ garbage (so a server emulator cannot answer them 01).
 
 from protocols.crc import crc16_modbus
 from protocols.modbus_rtu import (
-    EXCEPTION_LENGTH, MAX_ADU, MAX_UNIT, ANY_ADDRESS, ModbusFrameError, expected_response_length,
-    parse_request, request_length, response_length, t15_us, t35_us, ModbusRequest)
+    ANY_ADDRESS, EXCEPTION_LENGTH, MAX_ADU, MAX_UNIT, ModbusFrameError, ModbusRequest,
+    expected_response_length, parse_request, request_length, response_length)
+from protocols.modbus_timing import t15_us, t35_us
 
 _CAPACITY = 2 * MAX_ADU  # the buffer holds at most one unfinished ADU plus one chunk slice
 

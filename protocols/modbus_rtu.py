@@ -4,16 +4,24 @@ Sources: Modbus Application Protocol V1.1b3 (PDUs, limits, exception codes; §6 
 and Modbus over Serial Line V1.02 (RTU framing, CRC, t1.5/t3.5; §2.5). ADU = unit | function | data |
 CRC lo | CRC hi, at most 256 bytes (serial spec §2.5.1).
 
-Master side: the builders (read_holding_registers, ...) return whole ADUs; parse_response(request,
-response) checks the reply against its request and returns the decoded values, raising
-ModbusException for a well-formed exception reply (a device answer, reported as data quality) and
-ModbusFrameError for anything malformed or mismatched. Server side (emulators, test peers):
-parse_request, build_response, build_exception. Timing: char_time_us, t15_us, t35_us,
-transaction_time_us.
+This module is what a node's master carries. The builders (read_holding_registers, ...) return
+whole ADUs; parse_response(request, response) checks the reply against its request and returns the
+decoded values, raising ModbusException for a well-formed exception reply (a device answer,
+reported as data quality) and ModbusFrameError for anything malformed or mismatched;
+parse_request turns a request ADU back into a ModbusRequest (the master takes raw ADUs from
+commands; a server parses what it hears); request_length / response_length frame a byte stream
+(protocols/modbus_receiver.py).
+
+Split by role so a board carries only the master side: the server's reply builders
+(build_response, build_exception) are in protocols/modbus_server.py, the wire timing (char_bits,
+char_time_us, t15_us, t35_us, transaction_time_us) in protocols/modbus_timing.py, re-exported here
+because the master paces the bus with it.
 """
 
 from protocols.crc import crc16_modbus
 from protocols.errors import ProtocolError
+from protocols.modbus_timing import (  # noqa: F401 - re-exported: the master's and gateway's timing
+    char_bits, char_time_us, t15_us, t35_us, transaction_time_us)
 
 READ_COILS = 0x01
 READ_DISCRETE_INPUTS = 0x02
@@ -51,9 +59,9 @@ EXCEPTION_NAMES = {
     0x0B: "gateway target device failed to respond",
 }
 
-_COIL_ON = 0xFF00  # application spec §6.5: FF00 = on, 0000 = off, anything else is illegal
-_READS = (0x01, 0x02, 0x03, 0x04)
-_ECHOES = (0x05, 0x06, 0x0F, 0x10)
+COIL_ON = 0xFF00  # application spec §6.5: FF00 = on, 0000 = off, anything else is illegal
+READS = (0x01, 0x02, 0x03, 0x04)
+ECHOES = (0x05, 0x06, 0x0F, 0x10)
 
 
 def _init_error(self, reason, offset):
@@ -131,9 +139,9 @@ class ModbusRequest:
             "" if self.write_address is None else ", write_address=%r" % (self.write_address,))
 
 
-# --- encoding helpers ---------------------------------------------------------------------------
+# --- encoding helpers (shared with modbus_server) ------------------------------------------------
 
-def _adu(head):
+def with_crc(head):
     """Append the CRC, low byte first (serial spec §2.5.1.2), to a bytearray and return bytes."""
     crc = crc16_modbus(head)
     head.append(crc & 0xFF)
@@ -141,16 +149,16 @@ def _adu(head):
     return bytes(head)
 
 
-def _word(buf, value):
+def put_word(buf, value):
     buf.append(value >> 8)
     buf.append(value & 0xFF)
 
 
-def _get_word(data, at):
+def get_word(data, at):
     return (data[at] << 8) | data[at + 1]
 
 
-def _pack_bits(bits):
+def pack_bits(bits):
     """Coil and input states, first item in bit 0 of the first byte (application spec §6.1)."""
     out = bytearray((len(bits) + 7) >> 3)
     for i in range(len(bits)):
@@ -159,83 +167,83 @@ def _pack_bits(bits):
     return out
 
 
-def _unpack_bits(data, at, count):
+def unpack_bits(data, at, count):
     return [bool(data[at + (i >> 3)] & (1 << (i & 7))) for i in range(count)]
 
 
-def _registers_bytes(values):
+def registers_bytes(values):
     out = bytearray()
     for v in values:
-        _word(out, v)
+        put_word(out, v)
     return out
 
 
-# --- request building ---------------------------------------------------------------------------
+# --- request building ----------------------------------------------------------------------------
 
-def _fail(reason, code):
+def request_error(reason, code):
     raise ModbusRequestError(reason, code)
 
 
 def _check_unit(unit, function, any_address):
     if not isinstance(unit, int):
-        _fail("unit must be an int, not %r" % (unit,), ILLEGAL_DATA_VALUE)
+        request_error("unit must be an int, not %r" % (unit,), ILLEGAL_DATA_VALUE)
     if unit == BROADCAST:
-        if function in _ECHOES:
+        if function in ECHOES:
             return
-        _fail("unit 0 is broadcast, which only writes (05, 06, 0F, 10) may use, not function 0x%02X"
+        request_error("unit 0 is broadcast, which only writes (05, 06, 0F, 10) may use, not function 0x%02X"
               % function, ILLEGAL_DATA_VALUE)
     if unit == ANY_ADDRESS and any_address:
         return
     if not 1 <= unit <= MAX_UNIT:
-        _fail("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
+        request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
 
 
 def _check_range(function, address, quantity, limit, what):
     if not isinstance(address, int) or not 0 <= address <= 0xFFFF:
-        _fail("%s address %r is outside 0..65535" % (what, address), ILLEGAL_DATA_ADDRESS)
+        request_error("%s address %r is outside 0..65535" % (what, address), ILLEGAL_DATA_ADDRESS)
     if not isinstance(quantity, int) or not 1 <= quantity <= limit:
-        _fail("%s quantity %r for function 0x%02X is outside 1..%d" % (what, quantity, function, limit),
+        request_error("%s quantity %r for function 0x%02X is outside 1..%d" % (what, quantity, function, limit),
               ILLEGAL_DATA_VALUE)
     if address + quantity > 0x10000:
-        _fail("%s range %d+%d runs past address 65535" % (what, address, quantity),
+        request_error("%s range %d+%d runs past address 65535" % (what, address, quantity),
               ILLEGAL_DATA_ADDRESS)
 
 
-def _check_registers(values):
+def check_registers(values):
     for v in values:
         if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
-            _fail("register value %r is outside 0..0xFFFF" % (v,), ILLEGAL_DATA_VALUE)
+            request_error("register value %r is outside 0..0xFFFF" % (v,), ILLEGAL_DATA_VALUE)
 
 
 def check_request(req, any_address=False):
     """Raise ModbusRequestError if `req` breaks a limit of the spec; otherwise return it."""
     if req.function not in FUNCTIONS:
-        _fail("function %r is not one of 01-06, 0F, 10, 17" % (req.function,), ILLEGAL_FUNCTION)
+        request_error("function %r is not one of 01-06, 0F, 10, 17" % (req.function,), ILLEGAL_FUNCTION)
     _check_unit(req.unit, req.function, any_address)
     return _check_fields(req)
 
 
 def _check_fields(req):
     fn = req.function
-    if fn in _READS:
+    if fn in READS:
         _check_range(fn, req.address, req.quantity, READ_LIMITS[fn], "read")
     elif fn == 0x05 or fn == 0x06:
         _check_range(fn, req.address, 1, 1, "write")
         if req.values is None or len(req.values) != 1:
-            _fail("function 0x%02X writes exactly one value" % fn, ILLEGAL_DATA_VALUE)
+            request_error("function 0x%02X writes exactly one value" % fn, ILLEGAL_DATA_VALUE)
         if fn == 0x06:
-            _check_registers(req.values)
+            check_registers(req.values)
     else:
         if req.values is None:
-            _fail("function 0x%02X needs values to write" % fn, ILLEGAL_DATA_VALUE)
+            request_error("function 0x%02X needs values to write" % fn, ILLEGAL_DATA_VALUE)
         address = req.write_address if fn == 0x17 else req.address
         _check_range(fn, address, len(req.values), WRITE_LIMITS[fn], "write")
         if fn != 0x0F:
-            _check_registers(req.values)
+            check_registers(req.values)
         if fn == 0x17:
             _check_range(fn, req.address, req.quantity, READ_LIMITS[fn], "read")
         elif req.quantity != len(req.values):
-            _fail("quantity %r does not match %d values" % (req.quantity, len(req.values)),
+            request_error("quantity %r does not match %d values" % (req.quantity, len(req.values)),
                   ILLEGAL_DATA_VALUE)
     return req
 
@@ -245,26 +253,26 @@ def build_request(req, any_address=False):
     check_request(req, any_address)
     fn = req.function
     out = bytearray((req.unit, fn))
-    _word(out, req.address)
-    if fn in _READS:
-        _word(out, req.quantity)
+    put_word(out, req.address)
+    if fn in READS:
+        put_word(out, req.quantity)
     elif fn == 0x05:
-        _word(out, _COIL_ON if req.values[0] else 0)
+        put_word(out, COIL_ON if req.values[0] else 0)
     elif fn == 0x06:
-        _word(out, req.values[0])
+        put_word(out, req.values[0])
     elif fn == 0x0F:
-        packed = _pack_bits(req.values)
-        _word(out, req.quantity)
+        packed = pack_bits(req.values)
+        put_word(out, req.quantity)
         out.append(len(packed))
         out.extend(packed)
     else:  # 0x10 and 0x17
         if fn == 0x17:
-            _word(out, req.quantity)
-            _word(out, req.write_address)
-        _word(out, len(req.values))
+            put_word(out, req.quantity)
+            put_word(out, req.write_address)
+        put_word(out, len(req.values))
         out.append(2 * len(req.values))
-        out.extend(_registers_bytes(req.values))
-    return _adu(out)
+        out.extend(registers_bytes(req.values))
+    return with_crc(out)
 
 
 def read_coils(unit, address, quantity, any_address=False):
@@ -308,7 +316,7 @@ def read_write_multiple_registers(unit, read_address, read_quantity, write_addre
                                        write_address), any_address)
 
 
-# --- request parsing (server side) --------------------------------------------------------------
+# --- request parsing (a server's, and the master's for raw ADUs from commands) -------------------
 
 def _check_crc(adu, what):
     n = len(adu)
@@ -335,7 +343,7 @@ def parse_request(adu):
     if fn not in FUNCTIONS:
         raise ModbusRequestError("function 0x%02X is not supported" % fn, ILLEGAL_FUNCTION, 1,
                                  unit, fn)
-    if unit == BROADCAST and fn not in _ECHOES:
+    if unit == BROADCAST and fn not in ECHOES:
         raise ModbusFrameError("a broadcast (unit 0) cannot carry read function 0x%02X" % fn, 1)
     if fn == 0x0F or fn == 0x10:
         fixed, count_at = 9, 6
@@ -349,31 +357,31 @@ def parse_request(adu):
     if count_at is not None and n != fixed + adu[count_at]:
         raise ModbusFrameError("byte count %d disagrees with the %d-byte request"
                                % (adu[count_at], n), count_at)
-    address = _get_word(adu, 2)
-    word = _get_word(adu, 4)
-    if fn in _READS:
+    address = get_word(adu, 2)
+    word = get_word(adu, 4)
+    if fn in READS:
         req = ModbusRequest(unit, fn, address, word)
     elif fn == 0x05:
-        if word != _COIL_ON and word != 0:
+        if word != COIL_ON and word != 0:
             raise ModbusRequestError("coil value 0x%04X is neither FF00 nor 0000" % word,
                                      ILLEGAL_DATA_VALUE, 4, unit, fn)
-        req = ModbusRequest(unit, fn, address, 1, [word == _COIL_ON])
+        req = ModbusRequest(unit, fn, address, 1, [word == COIL_ON])
     elif fn == 0x06:
         req = ModbusRequest(unit, fn, address, 1, [word])
     else:
         data_at = count_at + 1
-        count = _get_word(adu, count_at - 2)
+        count = get_word(adu, count_at - 2)
         bc = adu[count_at]
         want = (count + 7) >> 3 if fn == 0x0F else 2 * count
         if bc != want:
             raise ModbusRequestError("byte count %d does not fit quantity %d" % (bc, count),
                                      ILLEGAL_DATA_VALUE, count_at, unit, fn)
         if fn == 0x0F:
-            values = _unpack_bits(adu, data_at, count)
+            values = unpack_bits(adu, data_at, count)
         else:
-            values = [_get_word(adu, data_at + 2 * i) for i in range(count)]
+            values = [get_word(adu, data_at + 2 * i) for i in range(count)]
         if fn == 0x17:
-            req = ModbusRequest(unit, fn, address, word, values, _get_word(adu, 6))
+            req = ModbusRequest(unit, fn, address, word, values, get_word(adu, 6))
         else:
             req = ModbusRequest(unit, fn, address, count, values)
     try:
@@ -382,66 +390,23 @@ def parse_request(adu):
         raise ModbusRequestError(exc.reason, exc.code, 2, unit, fn)
 
 
-def _as_request(request):
+def as_request(request):
     if isinstance(request, ModbusRequest):
         return request
     return parse_request(request)
 
 
-# --- responses ----------------------------------------------------------------------------------
-
-def build_response(request, values=None):
-    """The normal response ADU to `request` (an ADU or a ModbusRequest): `values` are the bools
-    (01/02) or register ints (03/04/17) read, exactly `quantity` of them; writes echo the request
-    and take no values. A broadcast gets no response, so asking for one is an error."""
-    req = _as_request(request)
-    fn = req.function
-    if req.unit == BROADCAST:
-        _fail("a broadcast request gets no response", ILLEGAL_DATA_VALUE)
-    out = bytearray((req.unit, fn))
-    if fn in _ECHOES:
-        if values is not None:
-            _fail("function 0x%02X echoes its request and takes no values" % fn, ILLEGAL_DATA_VALUE)
-        _word(out, req.address)
-        if fn == 0x05:
-            _word(out, _COIL_ON if req.values[0] else 0)
-        elif fn == 0x06:
-            _word(out, req.values[0])
-        else:
-            _word(out, req.quantity)
-        return _adu(out)
-    if values is None or len(values) != req.quantity:
-        _fail("function 0x%02X needs exactly %d values" % (fn, req.quantity), ILLEGAL_DATA_VALUE)
-    if fn == 0x01 or fn == 0x02:
-        data = _pack_bits(values)
-    else:
-        _check_registers(values)
-        data = _registers_bytes(values)
-    out.append(len(data))
-    out.extend(data)
-    return _adu(out)
-
-
-def build_exception(unit, function, code):
-    """An exception response: function with its top bit set, then the code (application spec §7)."""
-    if not isinstance(function, int) or not 1 <= function <= 0x7F:
-        _fail("function %r is outside 1..0x7F" % (function,), ILLEGAL_DATA_VALUE)
-    if not isinstance(code, int) or not 1 <= code <= 0xFF:
-        _fail("exception code %r is outside 1..255" % (code,), ILLEGAL_DATA_VALUE)
-    if not isinstance(unit, int) or not 1 <= unit <= 0xFF:
-        _fail("unit %r cannot answer (1..255)" % (unit,), ILLEGAL_DATA_VALUE)
-    return _adu(bytearray((unit, function | 0x80, code)))
-
+# --- responses (master side; the server builds them with protocols/modbus_server.py) -------------
 
 def expected_response_length(request):
     """Bytes in the normal reply to `request` (ADU or ModbusRequest); 0 for a broadcast. An
     exception reply is always EXCEPTION_LENGTH (5) bytes."""
-    req = _as_request(request)
+    req = as_request(request)
     if req.unit == BROADCAST:
         return 0
     if req.function == 0x01 or req.function == 0x02:
         return 5 + ((req.quantity + 7) >> 3)
-    if req.function in _ECHOES:
+    if req.function in ECHOES:
         return 8
     return 5 + 2 * req.quantity
 
@@ -451,7 +416,7 @@ def parse_response(request, response):
     01/02, a list of ints for 03/04/17, (address, value) for 05/06 (value a bool for 05), and
     (address, quantity) for 0F/10. Raises ModbusException for an exception reply and
     ModbusFrameError for a malformed reply or one that does not answer this request."""
-    req = _as_request(request)
+    req = as_request(request)
     if req.unit == BROADCAST:
         raise ModbusFrameError("a broadcast request gets no response")
     n = len(response)
@@ -470,34 +435,34 @@ def parse_response(request, response):
         raise ModbusFrameError("response function 0x%02X does not answer function 0x%02X"
                                % (response[1], fn), 1)
     want = expected_response_length(req)
-    if fn in _ECHOES:
+    if fn in ECHOES:
         if n != want:
             raise ModbusFrameError("function 0x%02X response is %d bytes, not 8" % (fn, n), min(n, 8) - 2)
-        address = _get_word(response, 2)
-        word = _get_word(response, 4)
+        address = get_word(response, 2)
+        word = get_word(response, 4)
         if address != req.address:
             raise ModbusFrameError("response echoes address %d, the request wrote %d"
                                    % (address, req.address), 2)
         if fn == 0x05:
-            echoed = _COIL_ON if req.values[0] else 0
+            echoed = COIL_ON if req.values[0] else 0
         elif fn == 0x06:
             echoed = req.values[0]
         else:
             echoed = req.quantity
         if word != echoed:
             raise ModbusFrameError("response echoes 0x%04X, the request sent 0x%04X" % (word, echoed), 4)
-        return (address, word == _COIL_ON) if fn == 0x05 else (address, word)
+        return (address, word == COIL_ON) if fn == 0x05 else (address, word)
     if response[2] != want - 5:
         raise ModbusFrameError("byte count %d does not fit the %d requested items"
                                % (response[2], req.quantity), 2)
     if n != want:
         raise ModbusFrameError("response is %d bytes, its byte count says %d" % (n, want), min(n, want) - 2)
     if fn == 0x01 or fn == 0x02:
-        return _unpack_bits(response, 3, req.quantity)
-    return [_get_word(response, 3 + 2 * i) for i in range(req.quantity)]
+        return unpack_bits(response, 3, req.quantity)
+    return [get_word(response, 3 + 2 * i) for i in range(req.quantity)]
 
 
-# --- lengths from the first bytes, for a receiver that frames a stream --------------------------
+# --- lengths from the first bytes, for a receiver that frames a stream ---------------------------
 
 def request_length(head, start=0):
     """A request's whole ADU length from its first bytes (at `start` in `head`): > 0 when known,
@@ -533,9 +498,9 @@ def response_length(head, function=None, start=0):
         return None
     if fn & 0x80:
         return EXCEPTION_LENGTH if 0x80 < fn else None
-    if fn in _ECHOES:
+    if fn in ECHOES:
         return 8
-    if fn not in _READS and fn != 0x17:
+    if fn not in READS and fn != 0x17:
         return None
     if have < 3:
         return 0
@@ -543,40 +508,3 @@ def response_length(head, function=None, start=0):
     if bc == 0 or bc > 250 or (fn > 0x02 and bc & 1):  # 2000 bits or 125 registers = 250 bytes
         return None
     return 5 + bc
-
-
-# --- timing (serial spec §2.5.1.1) ---------------------------------------------------------------
-
-def char_bits(framing="8E1"):
-    """Bits on the wire per character: start + 8 data + parity + stop bits. "8E1", "8O1" and
-    "8N2" are the spec's 11 bits; "8N1", common in the field, is 10. An int passes through."""
-    if isinstance(framing, int):
-        return framing
-    f = framing.upper() if isinstance(framing, str) else ""
-    if len(f) != 3 or f[0] != "8" or f[1] not in "NEO" or f[2] not in "12":
-        raise ValueError("framing %r is not one of 8N1, 8N2, 8E1, 8O1 (RTU sends 8 data bits)"
-                         % (framing,))
-    return 9 + (f[1] != "N") + int(f[2])
-
-
-def char_time_us(baud, framing="8E1"):
-    if not isinstance(baud, (int, float)) or baud <= 0:
-        raise ValueError("baud %r must be a positive number" % (baud,))
-    return char_bits(framing) * 1000000.0 / baud
-
-
-def t15_us(baud, framing="8E1"):
-    """Longest silence allowed inside a frame; fixed at 750 µs above 19200 baud (§2.5.1.1)."""
-    return 750.0 if baud > 19200 else 1.5 * char_time_us(baud, framing)
-
-
-def t35_us(baud, framing="8E1"):
-    """Silence that separates frames; fixed at 1750 µs above 19200 baud (§2.5.1.1)."""
-    return 1750.0 if baud > 19200 else 3.5 * char_time_us(baud, framing)
-
-
-def transaction_time_us(request_len, response_len, baud, framing="8E1", turnaround_us=0):
-    """Wire time of one transaction: both frames' characters, the t3.5 gap after each, and the
-    device's turnaround. REFERENCE.md §1: read 10 registers at 9600 8E1 → 45.8 ms."""
-    return ((request_len + response_len) * char_time_us(baud, framing)
-            + 2 * t35_us(baud, framing) + turnaround_us)

@@ -2,6 +2,7 @@
 driver_for() so a board pays RAM only for the drivers it uses. Each is constructed as
 Driver(device_config, profile, node) (the contract in firmware/node_context.py).
 
-Modbus RTU: modbus_sensor.ModbusSensorDriver (SenseAir S8, generic sensors) and its ModbusDevice
-base, loop_card.LoopCardDriver, signal_controller.SignalControllerDriver.
+Modbus RTU: modbus_device.ModbusDevice (the base), modbus_sensor.ModbusSensorDriver (SenseAir S8,
+generic sensors), loop_card.LoopCardDriver, signal_controller.SignalControllerDriver. Frame sensors
+on a UART: uart_pm.UartPmDriver (the base), pms5003_driver, sds011_driver.
 """

@@ -21,7 +21,7 @@ unknowable, and both carry the fault. So does the first interval after boot (it 
 a channel faulted during the interval (FAULT_SENSOR).
 """
 
-from firmware.drivers.modbus_sensor import ModbusDevice
+from firmware.drivers.modbus_device import ModbusDevice
 from firmware.modbus_master import failed, fault_of, profile_plan
 from firmware.register_decode import decode_channels, type_words
 from protocols.quality_codes import (

@@ -1,6 +1,6 @@
 """Nova SDS011 particulate sensor on a UART (REFERENCE.md §3).
 
-The shape is the PMS5003 driver's (firmware/drivers/pms5003_driver.py, UartPmDriver: warm-up,
+The shape is the frame-sensor base (firmware/drivers/uart_pm.py, UartPmDriver: warm-up,
 silence and garbled-frame faults, counters, commands); this module only speaks SDS011: modes
 "active" (a report every second) and "query" (QUERY_DATA every poll_ms), sleep and work through
 the 19-byte SLEEP_WORK command, each acknowledged by a C5 reply.
@@ -10,7 +10,7 @@ streams carry dec 1, so the batch encoder's round(v * 10) gives back the sensor'
 Device key sensor_id (default FFFF: whichever sensor is on the line) addresses the commands.
 """
 
-from firmware.drivers.pms5003_driver import _ITEM_ACK, _ITEM_ERROR, _ITEM_READING, UartPmDriver
+from firmware.drivers.uart_pm import _ITEM_ACK, _ITEM_ERROR, _ITEM_READING, UartPmDriver
 from protocols import sds011
 
 

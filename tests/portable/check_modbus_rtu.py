@@ -2,6 +2,7 @@
 CPython and MicroPython)."""
 
 from protocols import modbus_rtu as rtu
+from protocols import modbus_server as server
 from protocols.modbus_plan import ModbusPlanError, plan_bus_time_us, plan_reads
 from protocols.modbus_receiver import RtuReceiver
 from vectorlib import expect_close, expect_equal, expect_raises, unhex
@@ -68,7 +69,7 @@ def check_parse_response(case):
 
 
 def check_build_response(case):
-    got = rtu.build_response(unhex(case["request"]), case["values"])
+    got = server.build_response(unhex(case["request"]), case["values"])
     expect_equal(got, unhex(case["expect"]), "built response")
 
 
@@ -85,16 +86,16 @@ def check_exception_response(case):
 
 
 def check_build_exception(case):
-    got = rtu.build_exception(case["unit"], case["function"], case["code"])
+    got = server.build_exception(case["unit"], case["function"], case["code"])
     expect_equal(got, unhex(case["expect"]), "built exception")
 
 
 def check_build_response_error(case):
-    expect_raises(rtu.ModbusRequestError, rtu.build_response, unhex(case["request"]), case["values"])
+    expect_raises(rtu.ModbusRequestError, server.build_response, unhex(case["request"]), case["values"])
 
 
 def check_build_exception_error(case):
-    expect_raises(rtu.ModbusRequestError, rtu.build_exception, case["unit"], case["function"],
+    expect_raises(rtu.ModbusRequestError, server.build_exception, case["unit"], case["function"],
                   case["code"])
 
 

@@ -9,6 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from protocols import modbus_rtu as rtu
+from protocols import modbus_server as server
 from protocols.modbus_plan import TABLES, ModbusPlanError, plan_bus_time_us, plan_reads
 from tests.protocols.fuzz import fuzz_settings
 
@@ -91,7 +92,7 @@ def test_extract_returns_each_wanted_value(wanted: list, options: dict, failed: 
         values = [memory(r.table, a) for a in range(r.start, r.start + r.count)]
         # Through the real frames: the response a device would send, parsed as the master does.
         req = r.request(1)
-        reply = rtu.build_response(req, values)
+        reply = server.build_response(req, values)
         responses.append(rtu.parse_response(req, reply))
     got = plan.extract(responses)
     for i, (table, address, count) in enumerate(plan.wanted):
@@ -168,7 +169,7 @@ def test_bus_time_matches_the_frames(wanted: list, baud: int, framing: str, turn
     for r in plan.reads:
         req = r.request(1)
         values = [False] * r.count if r.table in ("coil", "discrete") else [0] * r.count
-        reply = rtu.build_response(req, values)
+        reply = server.build_response(req, values)
         assert len(reply) == r.response_length()
         total += rtu.transaction_time_us(len(req), len(reply), baud, framing, turnaround)
     assert plan_bus_time_us(plan, baud, framing, turnaround) == pytest.approx(total)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols import modbus_rtu as rtu
+from protocols import modbus_server as server
 from protocols.modbus_receiver import RtuReceiver
 from tests.protocols.fuzz import DEFAULT_EXAMPLES, LONG_EXAMPLES, fuzz_settings, garbage_and_frames
 from tests.protocols.test_modbus_rtu import REQUEST_SEEDS, RESPONSE_SEEDS, read_values, requests
@@ -55,9 +56,9 @@ def test_master_gets_each_reply_it_expects(data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 4))):
         req = data.draw(requests())
         if data.draw(st.booleans()):
-            reply = rtu.build_response(req, read_values(data.draw, req))
+            reply = server.build_response(req, read_values(data.draw, req))
         else:
-            reply = rtu.build_exception(req.unit, req.function, data.draw(st.integers(1, 11)))
+            reply = server.build_exception(req.unit, req.function, data.draw(st.integers(1, 11)))
         rx.expect(rtu.build_request(req, any_address=True))
         items = []
         for chunk in chunked(reply, data.draw(st.lists(st.integers(0, 300)))):
@@ -72,7 +73,7 @@ def test_master_frames_replies_by_function_code_alone(data: st.DataObject) -> No
     replies = []
     for _ in range(data.draw(st.integers(1, 5))):
         req = data.draw(requests())
-        replies.append(rtu.build_response(req, read_values(data.draw, req)))
+        replies.append(server.build_response(req, read_values(data.draw, req)))
     rx = RtuReceiver(role="master")
     items = []
     for chunk in chunked(b"".join(replies), data.draw(st.lists(st.integers(0, 2000)))):
@@ -89,9 +90,9 @@ def test_server_on_a_shared_bus_skips_other_replies(data: st.DataObject) -> None
         req = data.draw(requests())
         adu = rtu.build_request(req, any_address=True)
         if data.draw(st.booleans()):
-            reply = rtu.build_response(req, read_values(data.draw, req))
+            reply = server.build_response(req, read_values(data.draw, req))
         else:
-            reply = rtu.build_exception(req.unit, req.function, data.draw(st.integers(1, 11)))
+            reply = server.build_exception(req.unit, req.function, data.draw(st.integers(1, 11)))
         stream += adu + reply
         # A 05/06 echo is byte for byte a request, and any reply exactly as long as a request of
         # its function code (say 17 coils: 3 data bytes, 8 bytes in all) is a CRC-valid request

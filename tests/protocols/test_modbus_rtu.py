@@ -34,6 +34,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from protocols import modbus_rtu as rtu
+from protocols import modbus_server as server
 from protocols.errors import ProtocolError
 from protocols.modbus_rtu import ModbusRequest
 from tests.protocols.fuzz import DEFAULT_EXAMPLES, LONG_EXAMPLES, fuzz_settings, mutated
@@ -175,7 +176,7 @@ def test_pymodbus_accepts_our_requests(req: ModbusRequest) -> None:
 def test_pymodbus_accepts_our_responses(data: st.DataObject) -> None:
     req = data.draw(requests())
     values = read_values(data.draw, req)
-    pdu = pymodbus_decode(rtu.build_response(req, values), is_server=False)
+    pdu = pymodbus_decode(server.build_response(req, values), is_server=False)
     assert pdu is not None and pdu.function_code == req.function and pdu.dev_id == req.unit
     if req.function in (0x01, 0x02):
         assert pdu.bits[:req.quantity] == values and not any(pdu.bits[req.quantity:])
@@ -209,7 +210,7 @@ def test_we_parse_pymodbus_responses(data: st.DataObject) -> None:
 @fuzz_settings(CROSS_EXAMPLES)
 @given(requests(), st.integers(1, 255))
 def test_exceptions_agree_with_pymodbus(req: ModbusRequest, code: int) -> None:
-    ours = rtu.build_exception(req.unit, req.function, code)
+    ours = server.build_exception(req.unit, req.function, code)
     theirs = pymodbus_frame(ExceptionResponse(req.function, code, device_id=req.unit))
     theirs_pdu = pymodbus_decode(ours, is_server=False)
     assert ours == theirs
@@ -245,7 +246,7 @@ def test_request_round_trip(req: ModbusRequest) -> None:
 def test_response_round_trip(data: st.DataObject) -> None:
     req = data.draw(requests())
     values = read_values(data.draw, req)
-    resp = rtu.build_response(req, values)
+    resp = server.build_response(req, values)
     assert len(resp) == rtu.expected_response_length(req)
     assert rtu.response_length(resp, req.function) == len(resp)
     assert rtu.response_length(resp) == len(resp)
@@ -259,9 +260,9 @@ def test_broadcasts_get_no_response(req: ModbusRequest) -> None:
         return
     assert rtu.expected_response_length(req) == 0
     with pytest.raises(rtu.ModbusRequestError):
-        rtu.build_response(req)
+        server.build_response(req)
     with pytest.raises(rtu.ModbusFrameError):
-        rtu.parse_response(req, rtu.build_response(ModbusRequest(1, req.function, req.address,
+        rtu.parse_response(req, server.build_response(ModbusRequest(1, req.function, req.address,
                                                                  req.quantity, req.values)))
 
 
@@ -303,7 +304,7 @@ def test_request_error_carries_what_a_server_answers() -> None:
         rtu.parse_request(_with_crc(bytes.fromhex("07 2B 0E 01 00")))
     exc = info.value
     assert (exc.unit, exc.function, exc.code) == (7, 0x2B, rtu.ILLEGAL_FUNCTION)
-    assert rtu.build_exception(exc.unit, exc.function, exc.code) == _with_crc(bytes.fromhex("07 AB 01"))
+    assert server.build_exception(exc.unit, exc.function, exc.code) == _with_crc(bytes.fromhex("07 AB 01"))
 
 
 def test_coil_padding_bits_are_ignored() -> None:
@@ -331,7 +332,7 @@ def _pair(req_adu: bytes) -> tuple[bytes, bytes]:
         values = [i % 3 == 0 for i in range(req.quantity)]
     elif req.function in (0x03, 0x04, 0x17):
         values = [(i * 7919) & 0xFFFF for i in range(req.quantity)]
-    return req_adu, rtu.build_response(req, values)
+    return req_adu, server.build_response(req, values)
 
 
 PAIRS = [_pair(a) for a in REQUEST_SEEDS]
@@ -343,7 +344,7 @@ def parser_inputs(draw: st.DrawFn) -> tuple[bytes, bytes]:
     """(a valid request, bytes): arbitrary bytes, or a mutated request, reply or exception reply
     (often the reply to this very request, so the deep checks in parse_response get reached)."""
     request, response = draw(st.sampled_from(PAIRS))
-    own = [response, rtu.build_exception(request[0], request[1], 2)]
+    own = [response, server.build_exception(request[0], request[1], 2)]
     data = draw(st.one_of(st.binary(max_size=300), mutated(own), mutated(RESPONSE_SEEDS + REQUEST_SEEDS)))
     return request, data
 
