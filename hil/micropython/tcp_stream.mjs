@@ -18,8 +18,11 @@ export function connect(host, port) {
     const sock = net.connect(port, host, () => {
       sock.setNoDelay(true);
       resolve({
+        // `data` is a hex string (what firmware/hal_host.py sends: a string crosses into JS by
+        // value, while a Python bytes object crosses as a proxy that pins a slot in the VM's heap
+        // until JS finalizes it) or anything Buffer.from takes.
         write(data) {
-          sock.write(Buffer.from(data));
+          sock.write(typeof data === "string" ? Buffer.from(data, "hex") : Buffer.from(data));
         },
         // Resolves with up to maxBytes bytes once any are there; an empty array means closed.
         read(maxBytes) {
