@@ -230,9 +230,13 @@ class ModbusMaster:
             self._done.set()
 
     async def _quiet(self):
-        gap = self.hal.ticks_diff(self.hal.ticks_us(), self._idle_since)
-        if gap < self._t35_us:
-            await asyncio.sleep((self._t35_us - gap) / 1000000)
+        # In whole ms, rounded up and checked again: MicroPython's asyncio.sleep(s) is
+        # sleep_ms(int(s * 1000)), which cut t3.5 short (1 ms for 1.75 ms at 115200 baud).
+        while True:
+            left = self._t35_us - self.hal.ticks_diff(self.hal.ticks_us(), self._idle_since)
+            if left <= 0:
+                return
+            await asyncio.sleep(((left + 999) // 1000) / 1000)
 
     async def _transact(self, st, req, adu, timeout_ms):
         """One request on the wire: its parsed reply, or ModbusException / ModbusError."""

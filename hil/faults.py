@@ -193,6 +193,7 @@ class Line:
         self._stuck = _Windows()
         self._babble: list[float] | None = None  # [next time, end time] while a stuck line babbles
         self._babble_value = 0
+        self.last_due = -FOREVER  # when the last byte take_due returned finished on the line
         self.set_settings(settings or FaultSettings(), now=None)
 
     # -- settings and time-window faults -------------------------------------------------------
@@ -313,6 +314,8 @@ class Line:
             received.sort(key=lambda item: item[0])
         self._unplugged.prune(now)
         self._stuck.prune(now)
+        if received:
+            self.last_due = received[-1][0]
         return bytes(value for _, value in received)
 
     def in_flight(self) -> int:
