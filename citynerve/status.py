@@ -5,11 +5,17 @@
                                                     or a board is not linked
 
 Everything comes from what the gateway publishes: the retained `status` (online/offline, boot,
-version), the gateway `health` (spool depth, publisher) and each node's `health` topic, which
+version), the gateway `health` (spool depth, publisher), each node's `health` topic, which
 carries two documents: the gateway's view of the link ("source": "gateway": connected, boot id,
 firmware, config hash, last frame) and the node's own HEALTH ("source": "node": per-device
-counters and last fault). Health is not retained, so a snapshot waits up to one health interval
-(boards.toml [gateway] health_interval_s, plus a margin) unless everything has arrived sooner.
+counters and last fault), and each node's measurement batches (`m`), for every device's state and
+last good value (citynerve/status_devices.py). Health is not retained, so a snapshot waits up to
+one health interval (boards.toml [gateway] health_interval_s, plus a margin) unless everything has
+arrived sooner: status, gateway health, every board's link and every linked board's own HEALTH.
+Measurements are not waited for: --once shows the last values heard in its window ("last good -"
+when none came), the live view fills them in as batches arrive.
+
+The live view redraws on every message; Ctrl-C ends it with exit code 0 and no traceback.
 
 The config hash a board should report is the one `citynerve flash` would write for it:
 sha256(config_bytes(board_config(...)))[:16], the firmware's HELLO "cfg".
@@ -29,13 +35,15 @@ from typing import Any, TextIO
 
 import typer
 
-from citynerve.tap import TapError, load_target, mqtt_client, utc_text
+from citynerve.status_devices import DeviceReadings, device_lines, device_rows, loss_line
+from citynerve.tap import TapError, decode_payload, load_target, mqtt_client, utc_text
 from gateway.mqtt_settings import MqttSettings
 from gateway.topics import GatewayTopics, parse_topic
 
 __all__ = ["JunctionView", "expected_config_hashes", "run_status", "snapshot", "status_command"]
 
 HEALTH_MARGIN_S = 2.0  # beyond one health interval: the gateway's publish is not instantaneous
+REDRAW_MIN_S = 0.25  # the live view redraws at most this often (a busy junction sends many batches)
 
 
 def expected_config_hashes(boards_file: Path) -> dict[str, str | None]:
@@ -70,17 +78,23 @@ class JunctionView:
     gateway_health: dict[str, Any] | None = None
     link: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> "source": "gateway"
     node: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> "source": "node"
+    readings: DeviceReadings = field(default_factory=DeviceReadings)
 
-    def feed(self, topic: str, payload: bytes) -> None:
+    def feed(self, topic: str, payload: bytes) -> bool:
+        """Take one message; True when the view changed."""
         parsed = parse_topic(topic)
-        if parsed is None or parsed.channel not in ("status", "health"):
-            return
+        if parsed is None:
+            return False
+        if parsed.channel == "m" and parsed.node is not None:
+            return self.readings.feed(decode_payload(topic, payload))
+        if parsed.channel not in ("status", "health"):
+            return False
         try:
             body = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return  # not ours to judge here: `citynerve tap` shows undecodable payloads
+            return False  # not ours to judge here: `citynerve tap` shows undecodable payloads
         if not isinstance(body, dict):
-            return
+            return False
         if parsed.channel == "status":
             self.status = body
         elif parsed.node is None:
@@ -89,16 +103,22 @@ class JunctionView:
             self.node[parsed.node] = body
         else:
             self.link[parsed.node] = body
+        return True
 
     @property
     def online(self) -> bool:
         return bool(self.status and self.status.get("state") == "online")
 
     def complete(self) -> bool:
-        """Everything a snapshot needs has arrived (node HEALTH frames are a bonus: a node sends
-        them on its own schedule)."""
-        return (self.status is not None and (not self.online or self.gateway_health is not None)
-                and (not self.online or all(b in self.link for b in self.boards)))
+        """Everything a snapshot needs has arrived: the status, and while the gateway is online
+        its health, every board's link and the own HEALTH of every linked board (measurements are
+        not waited for: a board's interval may be longer than the snapshot's window)."""
+        if self.status is None:
+            return False
+        if not self.online:
+            return True
+        return (self.gateway_health is not None and all(b in self.link for b in self.boards)
+                and all(b in self.node for b in self.boards if self.connected(b)))
 
     def connected(self, board: str) -> bool | None:
         link = self.link.get(board)
@@ -157,24 +177,22 @@ class JunctionView:
             else:
                 cfg = f"matches {got}" if got == expected else f"MISMATCH {got} != {expected}"
         return {"board": board, "link": state, "boot": boot, "last frame": last, "fw": fw,
-                "cfg": cfg, "devices": self.device_text(board)}
+                "cfg": cfg, "devices": "\n".join(self.device_lines(board))}
+
+    def device_lines(self, board: str) -> list[str]:
+        """One line per device (state, last good value, timeouts, CRC errors, exceptions, last
+        fault), then the node's loss counters when any is not zero."""
+        health = self.node.get(board)
+        lines = device_lines(board, health, self.readings)
+        loss = loss_line(health)
+        if loss:
+            lines.append(loss)
+        if not lines:
+            lines.append("no node HEALTH yet" if health is None else "no devices")
+        return lines
 
     def device_text(self, board: str) -> str:
-        health = self.node.get(board)
-        if health is None:
-            return "no node HEALTH yet"
-        parts = []
-        for device, c in sorted((health.get("dev") or {}).items()):
-            if not isinstance(c, dict):
-                continue
-            counts = " ".join(f"{k} {c[k]}" for k in ("timeouts", "checksum", "crc_errors", "exceptions")
-                              if c.get(k))
-            fault = f"last fault {c['last_fault']}" if c.get("last_fault") else "ok"
-            parts.append(f"{device}: {fault}" + (f", {counts}" if counts else ""))
-        loss = {k: v for k, v in (health.get("loss") or {}).items() if v}
-        if loss:
-            parts.append("loss " + " ".join(f"{k} {v}" for k, v in sorted(loss.items())))
-        return "; ".join(parts) or "no devices"
+        return " | ".join(self.device_lines(board))
 
     def text(self) -> str:
         lines = self.gateway_lines()
@@ -182,48 +200,71 @@ class JunctionView:
             r = self.board_row(board)
             lines.append(f"board {board}: {r['link']}, boot {r['boot']}, last frame {r['last frame']}, "
                          f"fw {r['fw']}, cfg {r['cfg']}")
-            lines.append(f"  devices: {r['devices']}")
+            lines.extend(f"  device {line}" for line in self.device_lines(board))
         for problem in self.problems():
             lines.append(f"PROBLEM: {problem}")
         return "\n".join(lines)
 
     def table(self) -> Any:
+        """The live view: gateway lines, a table of boards, a table of their devices, problems."""
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(expand=True)
-        for column in ("board", "link", "boot", "last frame", "fw", "cfg", "devices"):
-            table.add_column(column, overflow="fold")
+        boards = Table(expand=True, title="boards", title_justify="left")
+        for column in ("board", "link", "boot", "last frame", "fw", "cfg"):
+            boards.add_column(column, overflow="fold")
+        devices = Table(expand=True, title="devices", title_justify="left")
+        for column in ("board", "device", "state", "last good", "timeouts", "CRC errors", "exceptions",
+                       "last fault"):
+            numeric = column in ("timeouts", "CRC errors", "exceptions")
+            devices.add_column(column, overflow="fold", justify="right" if numeric else "left",
+                               no_wrap=numeric)
+        notes = []
         for board in self.boards:
             r = self.board_row(board)
+            del r["devices"]
             style = {"connected": "green", "disconnected": "red"}.get(r["link"], "yellow")
-            table.add_row(*[Text(v, style=style if k == "link" else "") for k, v in r.items()])
-        return Group(Text("\n".join(self.gateway_lines())), table,
-                     Text("\n".join(f"PROBLEM: {p}" for p in self.problems()), style="red"))
+            boards.add_row(*[Text(v, style=style if k == "link" else "") for k, v in r.items()])
+            health = self.node.get(board)
+            for row in device_rows(board, health, self.readings):
+                state_style = "red" if row.state.startswith("FAULT") else "green" if row.state == "ok" else ""
+                devices.add_row(board, row.device, Text(row.state, style=state_style), row.last_good,
+                                *[str(row.counts.get(k, "")) for k in ("timeouts", "CRC errors", "exceptions")],
+                                row.last_fault or row.health)
+            loss = loss_line(health)
+            if loss:
+                notes.append(f"{board}: {loss}")
+        return Group(Text("\n".join(self.gateway_lines())), boards, devices,
+                     Text("\n".join(notes)), Text("\n".join(f"PROBLEM: {p}" for p in self.problems()), style="red"))
 
 
 async def _collect(view: JunctionView, settings: MqttSettings, topics: GatewayTopics, *,
                    until_complete_s: float | None, on_change: Any = None) -> None:
+    import aiomqtt
+
     async with mqtt_client(settings, client_id_prefix="citynerve-status") as client:
-        await client.subscribe(f"{topics.base}/status", qos=1)
-        await client.subscribe(f"{topics.base}/health", qos=1)
-        await client.subscribe(f"{topics.base}/+/health", qos=1)
-        deadline = None if until_complete_s is None else time.monotonic() + until_complete_s
-        messages = aiter(client.messages)
-        while deadline is None or not view.complete():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return
-            try:
-                async with asyncio.timeout(left):
-                    message = await anext(messages)
-            except TimeoutError:
-                return
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            view.feed(str(message.topic), payload)
-            if on_change is not None:
-                on_change()
+        try:
+            await client.subscribe(f"{topics.base}/status", qos=1)
+            await client.subscribe(f"{topics.base}/health", qos=1)
+            await client.subscribe(f"{topics.base}/+/health", qos=1)
+            await client.subscribe(f"{topics.base}/+/m", qos=1)
+            deadline = None if until_complete_s is None else time.monotonic() + until_complete_s
+            messages = aiter(client.messages)
+            while deadline is None or not view.complete():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                try:
+                    async with asyncio.timeout(left):
+                        message = await anext(messages)
+                except TimeoutError:
+                    return
+                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                if view.feed(str(message.topic), payload) and on_change is not None:
+                    on_change()
+        except aiomqtt.MqttError as error:
+            raise TapError(f"MQTT broker {settings.broker}", f"the connection was lost ({error})") from None
 
 
 async def snapshot(settings: MqttSettings, topics: GatewayTopics, view: JunctionView, *,
@@ -233,19 +274,54 @@ async def snapshot(settings: MqttSettings, topics: GatewayTopics, view: Junction
     return view
 
 
+async def run_live(settings: MqttSettings, topics: GatewayTopics, view: JunctionView, *,
+                   redraws: int | None = None, out: TextIO = sys.stdout) -> int:
+    """Redraw the view whenever something changed (at most every REDRAW_MIN_S), until cancelled
+    or after `redraws` redraws. On a terminal the view is redrawn in place (rich); otherwise each
+    redraw is a text snapshot under a "--- time" line, so `status | tee log` keeps a history."""
+    from rich.console import Console
+    from rich.live import Live
+
+    changed = asyncio.Event()
+    collector = asyncio.create_task(
+        _collect(view, settings, topics, until_complete_s=None, on_change=changed.set), name="status collect")
+    console = Console(file=out)
+    live = Live(view.table(), console=console, auto_refresh=False, redirect_stdout=False,
+                redirect_stderr=False) if console.is_terminal else None
+    drawn = 0
+    try:
+        if live is not None:
+            live.start(refresh=True)
+        while redraws is None or drawn < redraws:
+            waiter = asyncio.create_task(changed.wait())
+            await asyncio.wait({waiter, collector}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if collector.done():
+                collector.result()  # the broker went away: TapError
+                return 2
+            changed.clear()
+            if live is not None:
+                live.update(view.table(), refresh=True)
+            else:
+                print(f"--- {utc_text(time.time() * 1000)}\n{view.text()}", file=out, flush=True)
+            drawn += 1
+            await asyncio.sleep(REDRAW_MIN_S)
+        return 0
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        if live is not None:
+            live.stop()
+
+
 async def run_status(settings: MqttSettings, topics: GatewayTopics, view: JunctionView, *,
-                     once: bool, window_s: float, out: TextIO = sys.stdout) -> int:
+                     once: bool, window_s: float, redraws: int | None = None, out: TextIO = sys.stdout) -> int:
     """--once: print one snapshot, 0 when all is well, 1 otherwise. Live: redraw until cancelled."""
     if once:
         await snapshot(settings, topics, view, window_s=window_s)
         print(view.text(), file=out, flush=True)
         return 1 if view.problems() else 0
-    from rich.live import Live
-
-    with Live(view.table(), refresh_per_second=2) as live:
-        await _collect(view, settings, topics, until_complete_s=None,
-                       on_change=lambda: live.update(view.table()))
-    return 0
+    return await run_live(settings, topics, view, redraws=redraws, out=out)
 
 
 def status_command(
@@ -256,6 +332,8 @@ def status_command(
     wait: float = typer.Option(None, "--wait", min=0.1,
                                help="--once: collect for at most this many seconds (default: the "
                                     "gateway's health interval plus 2 s)."),
+    redraws: int = typer.Option(None, "--redraws", min=1, metavar="N",
+                                help="Live view: stop after N redraws (for scripts and tests)."),
 ) -> None:
     """The commissioning view: gateway state and spool, every board's link, firmware, config hash
     and device health."""
@@ -268,10 +346,10 @@ def status_command(
             expected = {b: None for b in board_ids}
         view = JunctionView(board_ids, expected, site=topics.site, gateway=topics.gateway)
         window = wait if wait is not None else cfg.health_interval_s + HEALTH_MARGIN_S
-        code = asyncio.run(run_status(settings, topics, view, once=once, window_s=window))
+        code = asyncio.run(run_status(settings, topics, view, once=once, window_s=window, redraws=redraws))
     except TapError as error:
         typer.echo(f"status: {error}", err=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C is how the live view ends
         code = 0
     raise typer.Exit(code)
