@@ -63,6 +63,26 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds per thread of this process, by Python thread name (Linux /proc; {} elsewhere)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = names.get(int(tid), f"thread {tid}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def pin(core: int | None) -> None:
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
@@ -178,20 +198,22 @@ async def run_gateway(workdir: Path, broker: str) -> dict[str, Any]:
         session = service.sessions[NODE]
         while session.boot is None:  # the node's HELLO, acknowledged
             await asyncio.sleep(0.005)
-        cpu0, wall0 = cpu_s(), time.perf_counter()
+        cpu0, wall0, threads0 = cpu_s(), time.perf_counter(), thread_cpu_s()
         counters = service.batcher.counters
         while counters.readings + counters.events < meta["readings"]:
             await asyncio.sleep(0.01)
         while (await service.spool.stats()).unacked_batches:
             await asyncio.sleep(0.005)
-        cpu1, wall1 = cpu_s(), time.perf_counter()
+        cpu1, wall1, threads1 = cpu_s(), time.perf_counter(), thread_cpu_s()
         stats = await service.spool.stats()
         result = {"readings": counters.readings + counters.events, "cpu_s": cpu1 - cpu0,
                   "wall_s": wall1 - wall0, "batches": counters.batches,
                   "measurement_batches": counters.measurement_batches,
                   "event_batches": counters.event_batches,
                   "published": service.publisher.stats().acked,
-                  "spool_left": stats.pending_frames + stats.unacked_batches}
+                  "spool_left": stats.pending_frames + stats.unacked_batches,
+                  "threads": {name: round(cpu - threads0.get(name, 0.0), 2)
+                              for name, cpu in threads1.items()}}
     return result
 
 
@@ -331,7 +353,13 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "feeder":
         asyncio.run(feed(workdir, args.port))
         return
-    if args.child == "gateway":
+    if args.child == "gateway" and args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(asyncio.run, run_gateway(workdir, args.broker))
+        profiler.dump_stats(args.profile)
+    elif args.child == "gateway":
         result = asyncio.run(run_gateway(workdir, args.broker))
     elif args.child == "json-link":
         result = asyncio.run(run_json_link(workdir, args.broker))
@@ -343,19 +371,21 @@ def child(args: argparse.Namespace) -> None:
 # -- the parent -----------------------------------------------------------------------------------
 
 
-def _spawn(role: str, workdir: Path, *, cpu: int | None, broker: str = "", port: int = 0
-           ) -> subprocess.Popen[str]:
+def _spawn(role: str, workdir: Path, *, cpu: int | None, broker: str = "", port: int = 0,
+           profile: str | None = None) -> subprocess.Popen[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--workdir",
             str(workdir), "--broker", broker, "--port", str(port)]
     if cpu is not None:
         argv += ["--cpu", str(cpu)]
+    if profile:
+        argv += ["--profile", profile]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
 
 
-def measure(role: str, workdir: Path, broker: str) -> dict[str, Any]:
+def measure(role: str, workdir: Path, broker: str, profile: str | None = None) -> dict[str, Any]:
     """Run one pipeline child (and a feeder child when it reads link frames); its RESULT."""
     main_core, other_core = cores()
-    proc = _spawn(role, workdir, cpu=main_core, broker=broker)
+    proc = _spawn(role, workdir, cpu=main_core, broker=broker, profile=profile)
     feeder = None
     try:
         assert proc.stdout is not None
@@ -377,7 +407,8 @@ def measure(role: str, workdir: Path, broker: str) -> dict[str, Any]:
                 p.wait()
 
 
-def run(readings: int, json_readings: int) -> dict[str, dict[str, Any]]:
+def run(readings: int, json_readings: int, profile: str | None = None
+        ) -> dict[str, dict[str, Any]]:
     from hil.broker import Mosquitto
 
     with tempfile.TemporaryDirectory(prefix="citynerve-bench-") as tmp, Mosquitto() as broker:
@@ -385,9 +416,11 @@ def run(readings: int, json_readings: int) -> dict[str, dict[str, Any]]:
         if other_core is not None and broker.pid is not None:
             os.sched_setaffinity(broker.pid, {other_core})
         full = build(readings, Path(tmp) / "gateway")
+        if profile:  # the gateway alone, under cProfile (its CPU figures then mean little)
+            return {"gateway": measure("gateway", full, broker.url, profile)}
         small = prefix(full, json_readings, Path(tmp) / "json")
         return {
-            "gateway": measure("gateway", full, broker.url),
+            "gateway": measure("gateway", full, broker.url, profile),
             "JSON per reading, link": measure("json-link", small, broker.url),
             "JSON per reading, memory": measure("json-memory", small, broker.url),
         }
@@ -410,6 +443,10 @@ def report(results: dict[str, dict[str, Any]]) -> list[str]:
         ratio = (r["cpu_s"] / r["readings"]) / gw_per
         out.append(f"CPU per reading, {name} / gateway: {ratio:.1f}x "
                    f"({'meets' if ratio >= CPU_RATIO_TARGET else 'MISSES'} >= {CPU_RATIO_TARGET:g}x)")
+    if gw.get("threads"):
+        split = ", ".join(f"{name} {cpu:.2f} s" for name, cpu in sorted(
+            gw["threads"].items(), key=lambda item: -item[1]) if cpu > 0)
+        out.append(f"gateway CPU by thread: {split}")
     rate = gw["readings"] / gw["cpu_s"]
     out.append(f"gateway readings per CPU second (one core): {rate:,.0f} "
                f"({'meets' if rate >= RATE_TARGET else 'MISSES'} >= {RATE_TARGET:,})")
@@ -422,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="readings through the gateway (300000)")
     parser.add_argument("--json-readings", type=int, default=50_000,
                         help="readings through each JSON publisher (50000)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="run the gateway alone under cProfile, stats to FILE (pstats)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--broker", default="", help=argparse.SUPPRESS)
@@ -431,7 +470,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child(args)
         return
-    results = run(args.readings, args.json_readings)
+    results = run(args.readings, args.json_readings, args.profile)
+    if args.profile:
+        import pstats
+
+        print(f"gateway under cProfile: {results['gateway']}")
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
+        return
     main_core, _ = cores()
     print(f"{READINGS_PER_FRAME} readings a link frame; measured process pinned to core "
           f"{main_core}, feeder and mosquitto on the other; spool on {tempfile.gettempdir()}")

@@ -39,12 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gateway.fast_codec import decode_data
 from gateway.readings import StreamInfo, convert_data, health_json, pack_readings
 from gateway.spool_async import AsyncSpool
 from gateway.spool_seen import EMPTY, Window, is_seen, mark
 from protocols.link_frame import ACK, DATA, HEALTH, HELLO, RESULT, LinkFrame, encode_frame
 from protocols.link_messages import LinkMessageError, decode_message, encode_message
-from protocols.ticks import TickUnwrapper
+from protocols.ticks import TICKS_PERIOD, TickUnwrapper, ticks_add, ticks_diff
 
 __all__ = [
     "EVENT_BOOT_OFFSET",
@@ -62,10 +63,42 @@ log = logging.getLogger("gateway.node")
 EVENT_BOOT_OFFSET = 1 << 32
 DEFAULT_CLOCK_WINDOW_MS = 120_000
 _MAX_DEC = 9
+_TICKS_HALF = TICKS_PERIOD // 2
 
 
 def utc_now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _FrameUnwrapper(TickUnwrapper):
+    """TickUnwrapper plus the whole-frame shortcut of TickClock.frame_base/settle_frame."""
+
+    __slots__ = ()
+
+    def peek(self, tick: int) -> int | None:
+        """What unwrap(tick) would give now, without recording it; None before any tick."""
+        raw = self._last_raw
+        return None if raw is None else self._last_unwrapped + ticks_diff(tick, raw)
+
+    def settle(self, t0: int, lo_dt: int, hi_dt: int) -> bool:
+        """True when unwrap(ticks_add(t0, dt)) == peek(t0) + dt for every dt in lo..hi, in any
+        order of calls, and then the state is left as those calls would leave it; False (and no
+        change) when that is not certain (ticks near half a period from the newest one)."""
+        raw, newest = self._last_raw, self._last_unwrapped
+        if raw is None:
+            return False
+        # unwrap(x) is the value == x (mod TICKS_PERIOD) in [newest - half, newest + half) for
+        # the newest value at the time of the call; that newest only rises, up to max(newest,
+        # hi) here. So when [lo, hi] sits inside [max(newest, hi) - half, newest + half), every
+        # call gives u0 + dt whatever the order, and the newest ends at max(newest, hi).
+        u0 = newest + ticks_diff(t0, raw)
+        lo, hi = u0 + lo_dt, u0 + hi_dt
+        if hi >= newest + _TICKS_HALF or lo < max(newest, hi) - _TICKS_HALF:
+            return False
+        if hi > newest:
+            self._last_raw = ticks_add(t0, hi_dt)
+            self._last_unwrapped = hi
+        return True
 
 
 class TickClock:
@@ -73,7 +106,7 @@ class TickClock:
 
     def __init__(self, *, window_ms: int = DEFAULT_CLOCK_WINDOW_MS) -> None:
         self.window_ms = window_ms
-        self._unwrap = TickUnwrapper()
+        self._unwrap = _FrameUnwrapper()
         self._candidates: deque[tuple[int, int]] = deque()  # (arrival, offset), offsets rising
         self.observations = 0
 
@@ -99,6 +132,20 @@ class TickClock:
         if offset is None:
             raise ValueError("no tick has been observed yet: call observe() first")
         return self._unwrap.unwrap(tick) + offset
+
+    def frame_base(self, t0: int) -> int | None:
+        """What to_utc(t0) would give now, recording nothing; None before any observation.
+        With settle_frame, a frame's ticks map in one step: base + dt for tick t0 + dt."""
+        offset = self.offset_ms
+        u0 = self._unwrap.peek(t0)
+        return None if offset is None or u0 is None else u0 + offset
+
+    def settle_frame(self, t0: int, lo_dt: int, hi_dt: int) -> bool:
+        """True when to_utc(ticks_add(t0, dt)) == frame_base(t0) + dt for every dt in
+        lo_dt..hi_dt, and then the clock is left as those to_utc calls would leave it; False,
+        changing nothing, when that cannot be promised (a frame near half a tick period from
+        the newest tick): then map its ticks one by one with to_utc."""
+        return self.offset_ms is not None and self._unwrap.settle(t0, lo_dt, hi_dt)
 
 
 @dataclass
@@ -259,6 +306,8 @@ class NodeSession:
 
     def _decode(self, frame: LinkFrame) -> dict[str, Any] | None:
         try:
+            if frame.type == DATA:  # most frames: the C msgpack fast path, same answers
+                return decode_data(frame.payload)
             return decode_message(frame.type, frame.payload)
         except LinkMessageError as error:
             self.counters.bad_messages += 1
@@ -345,7 +394,7 @@ class NodeSession:
                                   received_ms=received, tick_utc_ms=state.clock.to_utc(tick))
             return _Pending(state, frame.seq, tick, [("h", state.boot, payload, 0)])
         self.counters.data_frames += 1
-        converted = convert_data(message, state.streams, state.clock.to_utc)
+        converted = convert_data(message, state.streams, state.clock)
         if converted.unknown_sids:
             self.counters.unknown_stream += 1
             self._tell("unknown-stream", logging.WARNING,

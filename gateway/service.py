@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self
 
 from citynerve import __version__
+from gateway import fast_codec
 from gateway.batcher import Batcher, BatcherSettings
 from gateway.config import GatewayConfig
 from gateway.modbus_poller import ModbusPoller, Sample
@@ -112,6 +113,7 @@ class GatewayService:
         self._sample_seq = 0
         self._sample_streams: dict[str, tuple[str, str, int | None]] = {}
         self._started_ms = utc_now_ms()
+        fast_codec.install()  # cnb1 bodies packed by the msgpack C package: the same bytes
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

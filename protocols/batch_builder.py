@@ -10,13 +10,18 @@ them after; and what is left compresses well.
 """
 
 from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, fault_code
-from protocols.batch_columns import INF, MAX_DEC, MAX_EXACT, is_number
-from protocols.msgpack_lite import packb
+from protocols.batch_columns import MAX_DEC, MAX_EXACT
+from protocols.msgpack_lite import packb as packb_lite
 
 
 def _check_time(t_ms, what):
     if type(t_ms) is not int or not 0 <= t_ms < MAX_EXACT:
         raise ValueError("%s must be an int of UTC milliseconds in 0..2**53, not %r" % (what, t_ms))
+
+
+def _not_finite(stream, value):
+    raise ValueError("stream %s: value must be a finite number (or pass a fault), not %r"
+                     % (stream, value))
 
 
 class _Stream:
@@ -57,48 +62,60 @@ class Batch:
             self.add_stream(spec[0], spec[1], spec[2], spec[3])
 
     def add_stream(self, name, unit="", kind="gauge", dec=None):
+        old = self._streams.get(name)
+        if (old is not None and old.unit == unit and old.kind == kind and old.dec == dec
+                and type(name) is str and type(unit) is str and type(kind) is str
+                and (dec is None or type(dec) is int)):
+            return  # declared already, the same way (the common case: once per sample)
         if type(name) is not str or type(unit) is not str or type(kind) is not str:
             raise ValueError("stream name, unit and kind must be str")
         if dec is not None and (type(dec) is not int or not -MAX_DEC <= dec <= MAX_DEC):
             raise ValueError("stream %s: dec must be None or an int in -9..9, not %r" % (name, dec))
-        old = self._streams.get(name)
         if old is not None:
-            if (old.unit, old.kind, old.dec) != (unit, kind, dec):
-                raise ValueError("stream %s is already declared with other unit/kind/dec" % name)
-            return
+            raise ValueError("stream %s is already declared with other unit/kind/dec" % name)
         self._streams[name] = _Stream(name, unit, kind, dec)
         self._order.append(name)
 
     def add_measurement(self, stream, t_ms, value, fault=None):
         """One sample; with a fault (a code or name, protocols.batch_codes) the value is dropped."""
+        # Called once per reading: the checks are inline and in the order of the common case.
         s = self._streams.get(stream)
         if s is None:
             raise ValueError("stream %r is not declared in this batch" % (stream,))
-        _check_time(t_ms, "t_ms")
+        if type(t_ms) is not int or not 0 <= t_ms < MAX_EXACT:
+            _check_time(t_ms, "t_ms")
         if fault is not None:
             s.faults[len(s.times)] = fault_code(fault)
             value = None
-        elif type(value) is bool:
-            value = int(value)
-        elif not is_number(value) or value != value or value == INF or value == -INF:
-            raise ValueError("stream %s: value must be a finite number (or pass a fault), not %r"
-                             % (stream, value))
-        elif type(value) is int and s.scale is None and not -(2 ** 63) <= value < 2 ** 64:
-            raise ValueError("stream %s: value %d does not fit msgpack's 64 bits" % (stream, value))
-        if value is not None and s.scale is not None:
-            if type(value) is int and s.dec >= 0:
-                value = value * s.scale
-            else:
-                value = int(round(value * s.scale))
-            if not -MAX_EXACT <= value <= MAX_EXACT:
-                raise ValueError("stream %s: value scaled by 10**%d is beyond 2**53" % (stream, s.dec))
+        else:
+            t = type(value)
+            if t is float:
+                if value - value != 0.0:  # inf - inf and nan - nan are nan
+                    _not_finite(stream, value)
+            elif t is bool:
+                value = int(value)
+            elif t is not int:
+                _not_finite(stream, value)
+            elif s.scale is None and not -(2 ** 63) <= value < 2 ** 64:
+                raise ValueError("stream %s: value %d does not fit msgpack's 64 bits"
+                                 % (stream, value))
+            scale = s.scale
+            if scale is not None:
+                if type(value) is int and s.dec >= 0:
+                    value = value * scale
+                else:
+                    value = int(round(value * scale))
+                if not -MAX_EXACT <= value <= MAX_EXACT:
+                    raise ValueError("stream %s: value scaled by 10**%d is beyond 2**53"
+                                     % (stream, s.dec))
         s.times.append(t_ms)
         s.values.append(value)
         self.measurement_count += 1
 
     def add_event(self, t_ms, code, param=0):
         """One Indiana hi-res event (REFERENCE.md §6): code and parameter 0..255."""
-        _check_time(t_ms, "t_ms")
+        if type(t_ms) is not int or not 0 <= t_ms < MAX_EXACT:
+            _check_time(t_ms, "t_ms")
         if type(code) is not int or not 0 <= code <= MAX_EVENT_CODE:
             raise ValueError("event code must be an int in 0..255, not %r" % (code,))
         if type(param) is not int or not 0 <= param <= MAX_EVENT_PARAM:
@@ -228,11 +245,24 @@ def body_fields(batch):
     return fields
 
 
-def pack_body(fields):
-    """msgpack bytes of the body map, keys in the documented order on every runtime."""
+_packer = None  # a faster packb with the same bytes, installed by a CPython host (set_packer)
+
+
+def set_packer(packb):
+    """Pack bodies with `packb(obj) -> bytes` from now on, or with msgpack_lite again when None.
+    It must write msgpack_lite's bytes for lists, str, int, float and nil: the gateway installs
+    the `msgpack` C package's (gateway/fast_codec.py, tests/gateway/test_fast_codec.py)."""
+    global _packer
+    _packer = packb
+
+
+def pack_body(fields, packb=None):
+    """msgpack bytes of the body map, keys in the documented order on every runtime; with
+    `packb` (or the one set_packer installed) packing each key and value."""
+    pack = packb or _packer or packb_lite
     out = bytearray()
     out.append(0x80 | len(fields))  # fixmap: at most 6 keys
     for key, value in fields:
-        out += packb(key)
-        out += packb(value)
+        out += pack(key)
+        out += pack(value)
     return bytes(out)

@@ -1,0 +1,232 @@
+"""gateway/readings.py convert_data: the one-pass conversion with a frame's ticks mapped in one step
+(TickClock.frame_base/settle_frame) gives exactly what the reading-by-reading conversion gave:
+the same readings, the same `bad` and unknown sids, the same error, and the clock left in the
+same state (so the next frame maps the same too)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.node_session import TickClock
+from gateway.readings import (
+    Converted,
+    Event,
+    Measurement,
+    StreamInfo,
+    convert_data,
+    pack_readings,
+    unpack_readings,
+)
+from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, MAX_FAULT_CODE
+from protocols.link_messages import data_events, data_samples
+from protocols.ticks import TICKS_PERIOD, TickUnwrapper, ticks_add
+
+HALF = TICKS_PERIOD // 2
+UTC0 = 1_700_000_000_000
+STREAMS = {
+    0: StreamInfo("pm1/pm2_5", "ug/m3", "gauge", 1),
+    1: StreamInfo("loop/3/occupancy", "%", "gauge", 2),
+    2: StreamInfo("node/heap_free", "B", "gauge", None),
+    5: StreamInfo("air/co2/co2_ppm", "ppm", "gauge", 0),
+}
+
+
+def reference_convert(message: Any, streams: Any, to_utc: Any) -> Converted:
+    """convert_data as it was before the one-pass version (commit 6d1b744), reading by reading."""
+    max_utc = 2**53
+    t0 = message["t0"]
+    measurements: list[Measurement] = []
+    events: list[Event] = []
+    unknown: set[int] = set()
+    bad = 0
+
+    def number(value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return not (isinstance(value, float) and not math.isfinite(value))
+
+    for sid, dt, value, fault, _detail in data_samples(message):
+        info = streams.get(sid)
+        if info is None:
+            unknown.add(sid)
+            continue
+        if not isinstance(dt, int) or isinstance(dt, bool):
+            bad += 1
+            continue
+        utc = to_utc(ticks_add(t0, dt))
+        if not 0 <= utc < max_utc:
+            bad += 1
+            continue
+        if fault is not None:
+            if isinstance(fault, bool) or not isinstance(fault, int) or not (
+                1 <= fault <= MAX_FAULT_CODE
+            ):
+                bad += 1
+                continue
+            measurements.append(Measurement(info.name, info.unit, info.kind, info.dec, utc,
+                                            None, fault))
+        elif number(value):
+            measurements.append(Measurement(info.name, info.unit, info.kind, info.dec, utc,
+                                            value, None))
+        else:
+            bad += 1
+    for dt, code, param in data_events(message):
+        if (not isinstance(dt, int) or isinstance(dt, bool)
+                or not isinstance(code, int) or isinstance(code, bool)
+                or not isinstance(param, int) or isinstance(param, bool)
+                or not 0 <= code <= MAX_EVENT_CODE or not 0 <= param <= MAX_EVENT_PARAM):
+            bad += 1
+            continue
+        utc = to_utc(ticks_add(t0, dt))
+        if not 0 <= utc < max_utc:
+            bad += 1
+            continue
+        events.append(Event(utc, code, param))
+    return Converted(measurements, events, unknown, bad)
+
+
+def state(clock: TickClock) -> tuple[Any, ...]:
+    u = clock._unwrap  # noqa: SLF001 - the state the next frame is mapped with
+    return (u._last_raw, u._last_unwrapped, tuple(clock._candidates))  # noqa: SLF001
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, with nan == nan and types compared (1 and 1.0 and True are not the same reading)."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+# Ticks near the edges that matter: 0, the wrap, and half a period from the newest tick.
+edge_ticks = st.one_of(
+    st.integers(0, TICKS_PERIOD - 1),
+    st.integers(0, 3000),
+    st.integers(TICKS_PERIOD - 3000, TICKS_PERIOD - 1),
+    st.integers(HALF - 3000, HALF + 3000),
+)
+dts = st.one_of(
+    st.integers(0, 2000),
+    st.integers(-2000, 2000),
+    st.integers(-HALF - 10, HALF + 10),
+    st.sampled_from([HALF - 1, HALF, -HALF, -HALF - 1, 2**53, -(2**60), 2**70]),
+    st.sampled_from([True, False, 1.0, None, "7"]),
+)
+values = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([True, False, None, "x", b"\x01", [1]]),
+)
+codes = st.one_of(st.integers(-2, 70_000), st.sampled_from([True, None, 2.0, "1"]))
+sids = st.one_of(st.sampled_from([0, 1, 2, 5]), st.integers(0, 7), st.sampled_from([True, 1.0]))
+
+
+@st.composite
+def messages(draw: Any) -> dict[str, Any]:
+    n = draw(st.integers(0, 12))
+    m: list[Any] = []
+    for _ in range(n):
+        m += [draw(sids), draw(dts), draw(values)]
+    message: dict[str, Any] = {"tick": draw(edge_ticks), "t0": draw(edge_ticks), "m": m}
+    if n and draw(st.booleans()):
+        f: list[Any] = []
+        for _ in range(draw(st.integers(1, 3))):
+            f += [draw(st.integers(0, n)), draw(codes), draw(st.integers(0, 3))]
+        message["f"] = f
+    if draw(st.booleans()):
+        e: list[Any] = []
+        for _ in range(draw(st.integers(1, 6))):
+            e += [draw(dts), draw(codes), draw(st.one_of(st.integers(-1, 300), st.just(True)))]
+        message["e"] = e
+    if draw(st.integers(0, 20)) == 0:
+        message["m"] = m + [0]  # a ragged flat list, as no decoded message has it
+    return message
+
+
+def run(clock: TickClock, message: dict[str, Any], fast: bool) -> Any:
+    try:
+        if fast:
+            return convert_data(message, STREAMS, clock)
+        return reference_convert(message, STREAMS, clock.to_utc)
+    except Exception as error:  # noqa: BLE001 - the same error is part of the same answer
+        return type(error)
+
+
+@settings(max_examples=400, deadline=None)
+@given(first=edge_ticks, frames=st.lists(st.tuples(messages(), st.booleans(), edge_ticks),
+                                         min_size=1, max_size=5))
+def test_one_pass_conversion_equals_reading_by_reading(first: int, frames: list[Any]) -> None:
+    fast, slow = TickClock(), TickClock()
+    for clock in (fast, slow):
+        clock.observe(first, UTC0)
+    for message, observe, tick in frames:
+        if observe:  # as NodeSession does: the frame's own tick first
+            for clock in (fast, slow):
+                clock.observe(tick, UTC0 + 5)
+        got, want = run(fast, message, True), run(slow, message, False)
+        assert same(got, want)
+        assert state(fast) == state(slow)
+        probe = ticks_add(first, 1000)
+        assert fast.to_utc(probe) == slow.to_utc(probe)
+
+
+def test_a_clock_that_never_observed_raises_as_before() -> None:
+    message = {"tick": 5, "t0": 5, "m": [0, 0, 1]}
+    assert run(TickClock(), message, True) is ValueError
+    assert run(TickClock(), message, False) is ValueError
+    # ... and with nothing to map, nothing to raise.
+    assert convert_data({"tick": 5, "t0": 5, "m": []}, STREAMS, TickClock()) == (
+        [], [], set(), 0)
+
+
+def test_a_frame_across_the_half_period_falls_back_tick_by_tick() -> None:
+    clock = TickClock()
+    clock.observe(0, UTC0)
+    # dt reaching half a period ahead of the newest tick: the fast mapping cannot promise it.
+    message = {"tick": 0, "t0": 0, "m": [0, 10, 5, 0, HALF - 1, 6, 0, HALF + 1, 7]}
+    slow = TickClock()
+    slow.observe(0, UTC0)
+    assert convert_data(message, STREAMS, clock) == reference_convert(message, STREAMS,
+                                                                      slow.to_utc)
+    assert state(clock) == state(slow)
+
+
+@given(first=st.integers(0, TICKS_PERIOD - 1),
+       ticks=st.lists(st.integers(-(2**31), 2**31), max_size=6),
+       t0=edge_ticks, lo=st.integers(-HALF, HALF), span=st.integers(0, HALF))
+def test_settle_matches_unwrapping_every_tick(first: int, ticks: list[int], t0: int, lo: int,
+                                              span: int) -> None:
+    clock = TickClock()
+    reference = TickUnwrapper()
+    for tick in [first, *ticks]:
+        clock.observe(tick, UTC0)
+        reference.unwrap(tick)
+    base = clock.frame_base(t0)
+    assert base is not None
+    before = state(clock)
+    if clock.settle_frame(t0, lo, lo + span):
+        # Every tick of the range maps to base + dt; unwrapping the extremes (any order) and
+        # anything between leaves the reference where the clock is now.
+        offset = clock.offset_ms
+        assert offset is not None
+        for dt in (lo + span, lo, lo + span // 2):
+            assert reference.unwrap(ticks_add(t0, dt)) + offset == base + dt
+        assert (reference._last_raw, reference._last_unwrapped) == state(clock)[:2]  # noqa: SLF001
+    else:
+        assert state(clock) == before
+
+
+def test_spool_records_pack_namedtuples_as_before() -> None:
+    ms = [Measurement("a/b", "u", "gauge", 1, UTC0, 1.5, None),
+          Measurement("a/c", "", "counter", None, UTC0 + 1, None, 3)]
+    es = [Event(UTC0, 82, 3)]
+    payload = pack_readings("n", 7, ms, es)
+    assert payload == pack_readings("n", 7, [list(m) for m in ms], (list(e) for e in es))
+    assert unpack_readings(payload) == ("n", 7, ms, es)
