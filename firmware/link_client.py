@@ -21,12 +21,13 @@ gateway holds DATA back until a HELLO tells it the boot: so when frames wait and
 come for rehello_ms, the HELLO is sent again (a new seq once the previous one was acknowledged).
 
 DATA. Readings collect in node.outbox (firmware/outbox.py). The link seals them into a DATA
-message when an event is waiting (event_flush_ms after the first one, default 20 ms: events must
-reach the gateway within tens of ms and a short debounce batches a burst), at least every flush_ms
-(default 1000) for measurements, and at once when the outbox is full. A message that does not fit a
-ring slot is split in two (halves of the samples and of the events, faults re-indexed) until it
-does, so readings are never refused for size. DATA, HEALTH and RESULT frames go into the ring
-(firmware/frame_ring.py) before they are sent.
+message when an event is waiting (event_flush_ms after the first one, default 0: at the writer's
+next pass, which still takes every event a driver step or poll produced together; the gateway's
+event window counts from the event's own time, so a wait here would only eat into it), at least
+every flush_ms (default 1000) for measurements, and at once when the outbox is full. A message
+that does not fit a ring slot is split in two (halves of the samples and of the events, faults
+re-indexed) until it does, so readings are never refused for size. DATA, HEALTH and RESULT frames
+go into the ring (firmware/frame_ring.py) before they are sent.
 
 Reliability. Frames are resent, oldest first, when not acknowledged within ack_timeout_ms, and
 after a reconnect all unacknowledged frames are resent in order, after the HELLO. A full ring drops
@@ -47,7 +48,7 @@ HEALTH (firmware/health.py) goes every health_s and when asked.
 
 Link config keys (all optional; out-of-range values become config errors and fall back):
 ring_slots 8, slot_size 1024 (bytes on the wire; 8 x 1 KB, since a cabinet node's HEALTH with three
-devices is ~800 B and must keep its device detail), flush_ms 1000, event_flush_ms 20, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
+devices is ~800 B and must keep its device detail), flush_ms 1000, event_flush_ms 0, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
 backoff_ms 200, backoff_max_ms 5000, max_payload 1024 (the gateway's limit; a HELLO must fit it),
 rx_max_payload 512 (the biggest CMD payload accepted), reboot_wait_ms 1000, rehello_ms 10000 (0: never
 repeat an acknowledged HELLO).
@@ -77,7 +78,7 @@ SETTINGS = {
     "ring_slots": (8, 1, 64),
     "slot_size": (1024, 64, 4096),
     "flush_ms": (1000, 10, 60000),
-    "event_flush_ms": (20, 0, 1000),
+    "event_flush_ms": (0, 0, 1000),
     "ack_timeout_ms": (2000, 20, 60000),
     "hello_ms": (1000, 20, 60000),
     "health_s": (10, 1, 3600),

@@ -173,6 +173,11 @@ class PresenceFilter:
         self._advance(t_us, out)
         return out
 
+    def confirm_at(self):
+        """The time (ticks_us) a poll at or after which confirms the pending raw edge if the line
+        holds, or None when no edge is pending."""
+        return None if self._pend is None else ticks_add(self._pend, self.debounce_us)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _advance(self, t, out):

@@ -3,10 +3,19 @@
 When. The batcher keeps an index of what is pending per (node, kind), fed by `note()` as frames are
 committed (and by `load_pending()` for frames a previous run left). A group is due:
 
-    events        ("e")  event_window_ms after its oldest frame arrived (default 100 ms)
+    events        ("e")  event_window_ms after its oldest event happened (default 100 ms): the
+                         window counts from the event's own UTC time, so it is at once for an
+                         event already that old when its frame arrives
     measurements  ("m")  measurement_interval_s after its oldest frame arrived (default 10 s),
                          or at once when it holds batch_max_readings readings
     health        ("h")  at once; each node HEALTH frame is its own JSON message
+
+Events: "an event reaches the broker within event_window_ms of when it happened, batched as late
+as that allows". The node's own pipeline (debounce, link, spool: some 50-90 ms from a loop edge)
+is part of the window rather than added to it, as it was when the window began at the frame's
+arrival; events that arrive together still share a batch. The event times are read back from the
+spool once per noted frame (note() gets no payload). A node clock ahead of the gateway's cannot
+hold an event back: the window never starts later than the oldest frame's arrival.
 
 A due group is sealed whole: every pending frame of that node and kind, split into batches per
 node boot and of at most batch_max_readings readings (a frame is never split).
@@ -122,9 +131,12 @@ class DeadbandFilter:
 
 @dataclass
 class _Group:
-    first_ms: int
+    first_ms: int  # the oldest frame's arrival
     frames: int = 0
     readings: int = 0
+    event_ms: int | None = None  # events: the oldest event's own time, once read
+    unread: bool = False  # events: frames noted whose event times are not read yet
+    not_before: int = 0  # after a failed seal: no retry before this
 
 
 @dataclass
@@ -176,7 +188,27 @@ class Batcher:
         group.first_ms = min(group.first_ms, stored.received_ms)
         group.frames += 1
         group.readings += stored.readings
+        group.unread = stored.kind == "e"
         self._wake.set()
+
+    async def _read_event_times(self) -> None:
+        """Learn the oldest event time of every event group with newly noted frames."""
+        for key, group in list(self._groups.items()):
+            if not group.unread:
+                continue
+            group.unread = False
+            try:
+                frames = await self.spool.pending_frames(node=key[0], kind="e")
+            except SpoolError:
+                continue  # the arrival still bounds the window
+            for frame in frames:
+                try:
+                    events = unpack_readings(frame.payload).events
+                except ReadingsError:
+                    continue  # counted when sealed
+                for e in events:
+                    if group.event_ms is None or e.utc_ms < group.event_ms:
+                        group.event_ms = e.utc_ms
 
     async def load_pending(self) -> int:
         """Index the frames a previous run left pending; returns how many."""
@@ -194,7 +226,8 @@ class Batcher:
 
     def _due_ms(self, kind: str, group: _Group) -> int:
         if kind == "e":
-            return group.first_ms + self.settings.event_window_ms
+            start = group.first_ms if group.event_ms is None else min(group.first_ms, group.event_ms)
+            return max(start + self.settings.event_window_ms, group.not_before)
         if kind == "m":
             if group.readings >= self.settings.max_readings:
                 return group.first_ms
@@ -210,6 +243,7 @@ class Batcher:
 
     async def flush_due(self, now_ms: int) -> list[SealedBatch]:
         """Seal every group due at `now_ms`."""
+        await self._read_event_times()
         due = [key for key, g in self._groups.items() if self._due_ms(key[1], g) <= now_ms]
         return await self._flush(due, now_ms)
 
@@ -241,6 +275,7 @@ class Batcher:
                 # Due again a while from now, not at once: no hot loop on a full disk.
                 self.note(StoredFrame(node, kind, now_ms + _RETRY_MS,
                                       group.readings if group else 0))
+                self._groups[key].not_before = now_ms + _RETRY_MS
         return sealed
 
     async def _seal_group(self, node: str, kind: str, now_ms: int) -> list[SealedBatch]:
@@ -345,6 +380,7 @@ class Batcher:
         """Seal groups as they fall due, for ever (cancel to stop; then call flush_all)."""
         while True:
             self._wake.clear()
+            await self._read_event_times()
             now = clock()
             due = self.next_due_ms()
             if due is not None and due <= now:

@@ -15,11 +15,14 @@ fault on loop B alone turns only speed and length into fault samples.
 Timing. An edge is final only once the line has held for the debounce time, so the task polls
 the filters at now - LAG_US (edges that reach the queue later than that after their own timestamp
 are counted out of order: on a board the IRQ is microseconds, in the harness the control channel
-is milliseconds) and hands the lane, in time order across both loops, everything stamped before
-that poll time minus debounce. An interval [b0, b1) closes once that point has passed b1. The
-first, partial interval after start is not published. If the gateway clock is learnt (or steps)
-mid-run the next boundary moves; a stub shorter than half an interval joins the next one. Intervals
-are 1..MAX_INTERVAL_S s (ticks_us spans).
+is milliseconds; a HAL may set EDGE_LAG_US). While an edge is pending the task wakes the moment
+it can be confirmed, so a detector event leaves debounce + lag after its edge instead of at the
+next tick (TICK_S, which remains for faults and intervals). It hands the lane, in time order
+across both loops, everything stamped before that poll time minus debounce. An interval
+[b0, b1) closes once that point has passed b1. The first, partial interval after start is not
+published. If the gateway clock is learnt (or steps) mid-run the next boundary moves; a stub
+shorter than half an interval joins the next one. Intervals are 1..MAX_INTERVAL_S s (ticks_us
+spans).
 
 Device keys: pins, detector (channel per pin; without it no events), trap_spacing_ft (default 20),
 loop_length_ft (default 6), interval_s (default: the board's interval_s, else 30), queue (edge ring
@@ -50,7 +53,7 @@ from protocols.quality_codes import (
 )
 from protocols.ticks import ticks_add, ticks_diff
 
-TICK_S = 0.1  # how often the task wakes without edges (event latency, fault timing)
+TICK_S = 0.1  # how often the task wakes with no edge pending (fault timing, intervals)
 # Interval boundaries and on-times are ticks_us values, comparable only within 2**29 us (8.9 min);
 # an interval (1.5 of them when a clock step joins a stub) must stay inside that.
 MAX_INTERVAL_S = 300
@@ -90,6 +93,7 @@ class LoopPresenceDriver:
         self._tb = timebase if timebase is not None else HalTimebase(node.hal)
         self._active = profile.get("active_level", 0)
         self._debounce = int(profile.get("debounce_ms", 20) * 1000)
+        self._lag = getattr(node.hal, "EDGE_LAG_US", LAG_US)
         stuck_on = _us(profile.get("stuck_on_s"))
         stuck_off = _us(profile.get("stuck_off_s"))
         chatter = profile.get("chatter_per_min")
@@ -163,11 +167,18 @@ class LoopPresenceDriver:
         asyncio.create_task(self._ticker())
         while True:
             await self._flag.wait()
-            try:
-                self._step()
-            except Exception as exc:  # a bug must not stop the lane for good
-                self.counters["driver_errors"] += 1
-                self.last_fault = "%s: processing edges failed (%r)." % (self.id, exc)
+            while True:
+                try:
+                    wait_ms = self._step()
+                except Exception as exc:  # a bug must not stop the lane for good
+                    self.counters["driver_errors"] += 1
+                    self.last_fault = "%s: processing edges failed (%r)." % (self.id, exc)
+                    wait_ms = 0
+                if not wait_ms:
+                    break
+                # An edge is pending: step again as soon as it can be confirmed. (Edges queued
+                # meanwhile are stamped later: none can be confirmed sooner.)
+                await tb.sleep(wait_ms / 1000)
 
     async def _ticker(self):
         # Wake the task first, then every TICK_S: with a virtual timebase (time that jumps), a
@@ -177,6 +188,8 @@ class LoopPresenceDriver:
             await self._tb.sleep(TICK_S)
 
     def _step(self):
+        """Take the queued edges and poll the filters; returns the ms until a pending edge can be
+        confirmed (0 when none is pending)."""
         tb = self._tb
         now_us = tb.ticks_us()
         now_ms = tb.ticks_ms()
@@ -197,7 +210,7 @@ class LoopPresenceDriver:
                 self._seen[ch] = t
             if out:
                 self._take(ch, out, now_us, now_ms)
-        poll = ticks_add(now_us, -LAG_US)
+        poll = ticks_add(now_us, -self._lag)
         safe = None
         for ch in range(len(filters)):
             # A filter is judged up to the later of the poll and its newest edge (an edge stamped
@@ -218,6 +231,17 @@ class LoopPresenceDriver:
             self._deliver(self._b_us)
             self._close()
         self._refresh_counters()
+        wait = 0
+        for f in filters:
+            at = f.confirm_at()
+            if at is not None:
+                # Whole ms, rounded up, so the wake is never early.
+                ms = ticks_diff(at, poll) // 1000 + 1
+                if ms < 1:
+                    ms = 1
+                if not wait or ms < wait:
+                    wait = ms
+        return wait
 
     # -- filter output -----------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ requests as the register map allows, and hands the maps to firmware/phase_events
 whose events go out through the node with the poll's time (poll_ms 100 gives the 0.1 s resolution
 ATSPM expects; REFERENCE.md §6).
 
+The poll's time is when its reply is in, never earlier than the controller's state it reports (a
+stamp taken at the request could precede a change the reply already shows). A change is thus
+stamped up to a poll period plus the reply's bus time after it happened, and the gateway's event
+window counts from that stamp: the poll period is part of a phase event's latency.
+
 A poll that fails (any phase map unread) emits no events: the detector keeps its last good state,
 so the next good poll reports what changed since. The failure is counted and published on the
 "<device id>/poll" stream (a fault sample on each change of fault, then at most every

@@ -108,10 +108,11 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def node_process(runtime: str, build_dir: Path, peer: LinkPeer,
-                       **link: int) -> AsyncIterator[Node]:
+                       **link: int | None) -> AsyncIterator[Node]:
     settings = {"transport": "tcp", "flush_ms": 200, "event_flush_ms": 20, "ack_timeout_ms": 400,
                 "hello_ms": 300, "health_s": 3600, "backoff_ms": 50, "backoff_max_ms": 200}
     settings.update(link)
+    settings = {k: v for k, v in settings.items() if v is not None}  # None: the firmware default
     cfg = {"node": "test-node", "interval_s": 30, "link": settings, "host": {"link": peer.address}}
     argv, env, cwd = firmware_command(runtime, SCRIPT, "main(json.loads(%r))" % json.dumps(cfg),
                                       build_dir=build_dir)
@@ -377,6 +378,23 @@ async def test_batches_too_big_for_a_slot_are_split_in_order(runtime: str, build
         answer = await peer.command("diagnostics")
         assert answer["ok"] and answer["msg"] == "diagnostics (its data did not fit a frame)"
         assert "data" not in answer
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_events_leave_at_once_and_a_burst_together(runtime: str, build_dir: Path) -> None:
+    """The default event flush (0 ms): a driver step's events go in one DATA frame at the
+    writer's next pass; an event a moment later goes in the next frame."""
+    async with LinkPeer() as peer, node_process(runtime, build_dir, peer, event_flush_ms=None,
+                                                flush_ms=5000):
+        await hello_acked(peer)
+        peer.of_type(DATA, new=True)
+        items = [[0, "e", DETECTOR_ON, ch] for ch in range(1, 5)] + [[300, "e", DETECTOR_ON, 9]]
+        at = ticks_add(host_tick(), 100)
+        assert (await peer.command("mode", {"device": "probe", "at": at, "items": items}))["ok"]
+        await peer.wait_for(lambda: len(peer.readings()) == len(items), "every event")
+        frames = [f for f in peer.of_type(DATA, new=True) if f.message.get("e")]
+        assert [[f.message["e"][i + 2] for i in range(0, len(f.message["e"]), 3)]
+                for f in frames] == [[1, 2, 3, 4], [9]]
 
 
 # (sid, dt, fault code or None)

@@ -378,3 +378,59 @@ async def test_quiet_loop_keeps_closing_intervals_across_the_ticks_wrap() -> Non
     volumes = [m[i + 2] for i in range(0, len(m), 3) if m[i] == sid]
     assert volumes == [0] * (intervals - 2) + [1, 0]
     assert driver.counters["stuck_off"] == 0 and driver.counters["out_of_order"] == 0
+
+
+async def test_an_edge_leaves_once_confirmed_not_at_the_next_tick() -> None:
+    """CPython only: a detector event goes out debounce + lag after its edge (the driver wakes for
+    it), not at the next 100 ms tick; a bounce shorter than the debounce sends nothing."""
+    import asyncio
+
+    from firmware import hal_host
+    from firmware.clock import GatewayClock
+    from firmware.drivers.loop_presence import LAG_US, LoopPresenceDriver
+    from firmware.node_context import NodeContext
+    from firmware.outbox import Outbox
+    from firmware.streams import StreamTable
+
+    debounce_us = 20_000
+    start = T0_US
+    tb = _ManualTimebase(start)
+    node = NodeContext(hal_host, {"interval_s": INTERVAL_S}, StreamTable(), Outbox(4096, 64),
+                       GatewayClock(hal_host.ticks_ms))
+    driver = LoopPresenceDriver({"id": "w", "pins": [78], "detector": [5]},
+                                load_profile("loop-presence", debounce_ms=debounce_us // 1000),
+                                node, tb)
+    task = asyncio.create_task(driver.run())
+
+    async def at(abs_us: int) -> list[tuple[int, int, int]]:
+        """Move the clock to abs_us; the (abs ms, code, channel) events sent so far."""
+        tb.advance_to(abs_us)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        e = node.outbox._e
+        t0 = node.outbox._t0
+        return [((t0 + e[i]) & MASK, e[i + 1], e[i + 2]) for i in range(0, len(e), 3)]
+
+    try:
+        await at(start)  # the driver starts; the ticker wakes it at start + k * 100 ms
+        queue, flag, index = hal_host._pins[78]
+        # A bounce: on and back off within the debounce, just after a tick.
+        edge = start + 105_000
+        queue.push(index, 0, edge & MASK)
+        queue.push(index, 1, (edge + 5_000) & MASK)
+        flag.set()
+        assert await at(edge + 5_000) == []
+        assert await at(start + 300_000) == []
+        # A real edge just after a tick: confirmed debounce + lag later, well before the next tick.
+        edge = start + 305_000
+        queue.push(index, 0, edge & MASK)
+        flag.set()
+        await at(edge)
+        due = edge + debounce_us + LAG_US
+        assert due + 2_000 < start + 400_000
+        assert await at(due - 1_000) == []
+        assert await at(due + 2_000) == [(tick_ms(edge), EVENT_DETECTOR_ON, 5)]
+        assert driver.counters["bounces"] == 1 and driver.counters["edges"] == 1
+    finally:
+        task.cancel()
+        hal_host._pins.pop(78, None)

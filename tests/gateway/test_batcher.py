@@ -168,9 +168,11 @@ async def test_frames_a_previous_run_left_are_sealed_after_a_restart(tmp_path: P
         await spool.next_gateway_boot()
         b = Fixture(spool).batcher(event_window_ms=100)
         assert await b.load_pending() == 2
-        assert b.next_due_ms() == T0 + 5 + 100
-        sealed = await b.flush_due(T0 + 10_005)
-        assert sorted(s.topic.rsplit("/", 1)[1] for s in sealed) == ["e", "m"]
+        assert b.next_due_ms() == T0 + 5 + 100  # by arrival until the event times are read
+        (events,) = await b.flush_due(T0 + 100)  # the event happened at T0
+        assert events.topic.endswith("/e")
+        (measurements,) = await b.flush_due(T0 + 10_005)
+        assert measurements.topic.endswith("/m")
 
 
 async def test_run_seals_groups_as_they_fall_due(fx: Fixture) -> None:
@@ -185,3 +187,46 @@ async def test_run_seals_groups_as_they_fall_due(fx: Fixture) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_event_window_counts_from_the_events_own_time(fx: Fixture) -> None:
+    b = fx.batcher(event_window_ms=100)
+    # Happened at T0, arrived 70 ms later (debounce, link, spool): due at T0 + 100, not T0 + 170.
+    await fx.add(b, events=[Event(T0 + 40, 81, 1), Event(T0, 82, 1)], received=70)
+    assert await b.flush_due(T0 + 99) == []
+    assert b.next_due_ms() == T0 + 100
+    # A later event arriving inside the window goes in the same batch.
+    await fx.add(b, events=[Event(T0 + 90, 1, 2)], received=95)
+    (sealed,) = await b.flush_due(T0 + 100)
+    assert [e["t"] - T0 for e in decode_batch(sealed.payload)["events"]] == [0, 40, 90]
+    # An event already older than the window when it arrives (a resend) goes at once.
+    await fx.add(b, events=[Event(T0 + 200, 82, 3)], received=450)
+    assert len(await b.flush_due(T0 + 450)) == 1
+    # A node clock ahead of the gateway's cannot hold an event back: the arrival bounds it.
+    await fx.add(b, events=[Event(T0 + 5_000, 82, 4)], received=500)
+    assert await b.flush_due(T0 + 599) == []
+    assert len(await b.flush_due(T0 + 600)) == 1
+    assert b.next_due_ms() is None
+
+
+async def test_a_failed_seal_of_old_events_is_retried_later_not_at_once(
+        fx: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.spool_errors import SpoolError
+
+    b = fx.batcher(event_window_ms=100)
+    seal = fx.spool.seal_batch
+    failures = [SpoolError("spool.sqlite", "the disk is full")]
+
+    async def failing_seal(*args: Any, **kwargs: Any) -> SealedBatch:
+        if failures:
+            raise failures.pop()
+        return await seal(*args, **kwargs)
+
+    monkeypatch.setattr(fx.spool, "seal_batch", failing_seal)
+    await fx.add(b, events=[Event(T0, 82, 1)], received=500)
+    assert await b.flush_due(T0 + 500) == []  # failed: its events are old, but no hot loop
+    assert b.counters.seal_failures == 1
+    assert await b.flush_due(T0 + 1_499) == []
+    assert b.next_due_ms() == T0 + 1_500
+    (sealed,) = await b.flush_due(T0 + 1_500)
+    assert decode_batch(sealed.payload)["events"][0]["t"] == T0
