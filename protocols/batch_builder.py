@@ -132,23 +132,18 @@ class Batch:
 
 
 def _delta_chain(times, base):
-    out = []
-    prev = base
-    for t in times:
-        out.append(t - prev)
-        prev = t
-    return out
+    # Comprehensions over zip, not an append loop: this runs once per reading on the gateway.
+    if not times:
+        return []
+    return [t - p for p, t in zip([base] + times[:-1], times)]
 
 
 def _time_order(times):
     """Sample positions in time order (stable), or None when they already are."""
-    prev = -1
-    for t in times:
-        if t < prev:
-            # (time, position): ties keep their add order, and MicroPython's sort is not stable.
-            return sorted(range(len(times)), key=lambda i: (times[i], i))
-        prev = t
-    return None
+    if sorted(times) == times:  # in C on both runtimes; most streams arrive in order
+        return None
+    # (time, position): ties keep their add order, and MicroPython's sort is not stable.
+    return sorted(range(len(times)), key=lambda i: (times[i], i))
 
 
 def _split_name(name):
@@ -173,6 +168,8 @@ def _sorted_samples(s):
 def _value_column(s, values):
     if s.dec is None:
         return list(values)
+    if None not in values:  # no fault: each value as a delta from the one before
+        return _delta_chain(values, 0)
     out = []
     prev = 0
     for v in values:  # delta from the previous non-faulted value; nil stays nil
