@@ -10,8 +10,8 @@ reported, over one line-based control connection:
 
 Ticks come from the host's monotonic clock (CLOCK_MONOTONIC, which Node's hrtime also reads), so
 the harness can timestamp edges in the node's own time base. Under the MicroPython VM the I/O goes
-through `hostbridge`, a JS module that hil/micropython/node_host.mjs registers; under CPython it
-uses asyncio sockets. `configure()` must be called with the board config's "host" section first.
+through `hostbridge`, a JS module that hil/micropython/run.mjs (and board.mjs) registers; under
+CPython it uses asyncio sockets. `configure()` must be called with the board config's "host" section first.
 """
 
 import asyncio
@@ -34,6 +34,7 @@ RESET_EXIT_CODE = 75  # the harness restarts a node that exits with this code: a
 _MASK = TICKS_PERIOD - 1
 _host = {"uarts": {}, "link": None, "control": None, "fs_root": ".", "uid": "host"}
 _control = None
+_io = [0, 0]  # reads and writes through the connections (the heap probe reports them)
 _pins = {}  # pin number -> (queue, flag, index)
 
 
@@ -86,6 +87,7 @@ class _Connection:
         return self
 
     async def read(self, max_bytes=256):
+        _io[0] += 1
         if self._js is not None:
             data = bytes(await self._js.read(max_bytes))
         else:
@@ -95,6 +97,7 @@ class _Connection:
         return data
 
     async def write(self, data):
+        _io[1] += 1
         if self._js is not None:
             # As a hex string: a str crosses into JS by value, a bytes object as a proxy that the
             # VM keeps in its heap until JS finalizes it, which grew the heap ~60 B a write.
@@ -157,11 +160,40 @@ async def open_link(link):
 
 
 async def start():
-    """Connect the control channel and start delivering pin edges."""
+    """Connect the control channel and start delivering pin edges (and the heap probe, when the
+    host section asks for one)."""
     global _control
     if _host.get("control") and _control is None:
         _control = await _Connection(_host["control"]).open()
         asyncio.create_task(_control_reader())
+    if _host.get("heap_probe_ms") and hasattr(gc, "mem_alloc"):
+        asyncio.create_task(_heap_probe(_host["heap_probe_ms"], _host.get("heap_probe_report_s", 2)))
+
+
+async def _heap_probe(period_ms, report_s):
+    """For bench/firmware_footprint.py: the heap as allocated, garbage included, which the app's
+    watch_heap (live heap right after a collection) does not see. Every period_ms, without
+    collecting: the largest gc.mem_alloc() seen, and the sum of its rises (what was allocated
+    between samples: a lower bound of the allocation rate, since a collection between two samples
+    hides what was allocated before it). Reported with the bridge I/O counts as one line,
+    "[hal] heap probe ...", every report_s."""
+    last = peak = gc.mem_alloc()
+    grown = 0
+    start = ticks_ms()
+    every = max(1, report_s * 1000 // period_ms)
+    n = 0
+    while True:
+        await asyncio.sleep(period_ms / 1000)
+        used = gc.mem_alloc()
+        if used > last:
+            grown += used - last
+        if used > peak:
+            peak = used
+        last = used
+        n += 1
+        if n % every == 0:
+            print("[hal] heap probe: seen_peak=%d allocated=%d ms=%d reads=%d writes=%d"
+                  % (peak, grown, ticks_diff(ticks_ms(), start), _io[0], _io[1]))
 
 
 async def _control_reader():
@@ -257,9 +289,7 @@ def read_file(path):
 
 def write_file(path, data):
     if hostbridge is not None:
-        import js
-
-        hostbridge.write_file(path, js.Uint8Array.new(bytes(data)))
+        hostbridge.write_file(path, hexlify(data).decode())  # hex: see _Connection.write
         return
     tmp = _path(path) + ".tmp"
     with open(tmp, "wb") as fh:

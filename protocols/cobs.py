@@ -72,6 +72,42 @@ def encode_into(data, out):
         full_run_last = False
 
 
+def encode_to(data, dst, at=0):
+    """Write the COBS encoding of `data` (bytes or bytearray) into `dst` (a bytearray) from index
+    `at`; `dst` must have max_encoded_length(len(data)) bytes of room there. Returns the index just
+    past the encoding. Unlike encode_into it allocates nothing per group (runs are copied through a
+    memoryview into room the caller sized once), which is what a node's frame encoder wants."""
+    src = memoryview(data)
+    n = len(data)
+    pos = 0
+    o = at
+    full_run_last = False
+    while True:
+        zero = data.find(b"\x00", pos)
+        end = n if zero < 0 else zero
+        while end - pos >= _MAX_RUN:
+            dst[o] = 0xFF
+            dst[o + 1:o + 1 + _MAX_RUN] = src[pos:pos + _MAX_RUN]
+            o += 1 + _MAX_RUN
+            pos += _MAX_RUN
+            full_run_last = True
+        if zero < 0:
+            if pos < n or not full_run_last:  # the 254-byte run rule, as in encode_into
+                run = n - pos
+                dst[o] = run + 1
+                if run:
+                    dst[o + 1:o + 1 + run] = src[pos:n]
+                o += run + 1
+            return o
+        run = zero - pos
+        dst[o] = run + 1
+        if run:
+            dst[o + 1:o + 1 + run] = src[pos:zero]
+        o += run + 1
+        pos = zero + 1
+        full_run_last = False
+
+
 def decode(data):
     """Decode one COBS-encoded block (without its delimiter). Raises CobsError on bad input.
 

@@ -31,15 +31,21 @@ class PlannedRead:
         self.table = table
         self.start = start
         self.count = count
+        self._adu = None  # (unit, any_address, ADU) of the last request(): a poll repeats it
 
     @property
     def function(self):
         return TABLES[self.table]
 
     def request(self, unit, any_address=False):
-        """The request ADU for this read at `unit`."""
-        return build_request(ModbusRequest(unit, self.function, self.start, self.count),
-                             any_address)
+        """The request ADU for this read at `unit` (built once per unit: a node polls the same
+        read many times a second, and each build allocated ~160 bytes on MicroPython)."""
+        last = self._adu
+        if last is not None and last[0] == unit and last[1] == any_address:
+            return last[2]
+        adu = build_request(ModbusRequest(unit, self.function, self.start, self.count), any_address)
+        self._adu = (unit, any_address, adu)
+        return adu
 
     def response_length(self):
         return expected_response_length(ModbusRequest(1, self.function, self.start, self.count))

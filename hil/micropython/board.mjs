@@ -462,6 +462,7 @@ function hostbridge(FS, store, post) {
         return null;
       }
     },
+    // `data`: a hex string from firmware/hal_host.py (strings cross by value; see tcp_stream.mjs).
     write_file(path, data) {
       const target = "/" + String(path).replace(/^\/+/, "");
       const parts = target.split("/").filter(Boolean);
@@ -470,7 +471,7 @@ function hostbridge(FS, store, post) {
         at += "/" + part;
         if (!store.exists(at)) FS.mkdir(at);
       }
-      FS.writeFile(target, Buffer.from(data));
+      FS.writeFile(target, typeof data === "string" ? Buffer.from(data, "hex") : Buffer.from(data));
       store.dirty = true;
       store.sync();
     },

@@ -64,11 +64,12 @@ mp.registerJsModule("hostbridge", {
       return null;
     }
   },
+  // `data`: a hex string from firmware/hal_host.py (strings cross by value; see tcp_stream.mjs).
   write_file(path, data) {
     if (!fsRoot) throw new Error("no fs_root: this run has no persistent file store");
     const target = join(fsRoot, path);
     mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target + ".tmp", Buffer.from(data));
+    writeFileSync(target + ".tmp", typeof data === "string" ? Buffer.from(data, "hex") : Buffer.from(data));
     renameSync(target + ".tmp", target);
   },
   exit(code) {

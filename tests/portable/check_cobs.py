@@ -17,6 +17,9 @@ def check_pair(case):
         raise AssertionError("encoding is longer than max_encoded_length")
     out = bytearray(b"\x00")
     expect_equal(cobs.encode_into(decoded, out), bytearray(b"\x00") + encoded, "COBS encode_into")
+    room = bytearray(2 + cobs.max_encoded_length(len(decoded)))
+    end = cobs.encode_to(decoded, room, 1)
+    expect_equal(bytes(room[1:end]), encoded, "COBS encode_to")
 
 
 def check_decode(case):

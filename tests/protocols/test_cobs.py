@@ -37,6 +37,14 @@ def test_encode_is_byte_identical_to_the_cobs_package(data: bytes) -> None:
     assert cobs.decode(encoded) == data
 
 
+@given(any_data, st.integers(0, 3), st.sampled_from([bytes, bytearray]))
+def test_encode_to_writes_the_same_bytes_into_room_sized_once(data: bytes, at: int, kind: type) -> None:
+    room = bytearray(b"\xEE" * (at + cobs.max_encoded_length(len(data)) + 2))
+    end = cobs.encode_to(kind(data), room, at)
+    assert room[at:end] == reference.encode(data)
+    assert room[:at] == b"\xEE" * at and set(room[end:]) <= {0xEE}  # nothing outside its room
+
+
 @pytest.mark.parametrize("run", [0, 1, 253, 254, 255, 507, 508, 509, 762])
 @pytest.mark.parametrize("layout", ["alone", "zero-after", "zero-before", "zero-both", "two-zeros"])
 def test_run_length_boundaries_match_the_cobs_package(run: int, layout: str) -> None:
