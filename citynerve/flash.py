@@ -36,94 +36,52 @@ plan lists every file (flash copies only those that differ) and says which files
 
 from __future__ import annotations
 
-import ast
-import base64
 import contextlib
-import io
 import os
-import threading
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, Protocol
 
+from citynerve.flash_console import (
+    MKDIR_SCRIPT,
+    REMOVE_SCRIPT,
+    RENAME_SCRIPT,
+    RMDIR_SCRIPT,
+    CHUNK,
+    TMP_SUFFIX,
+    BoardConsole,
+    BoardFile,
+    FlashProgress,
+    QuietProgress,
+    check_port,
+    printed_paths,
+)
+from citynerve.flash_errors import (
+    BoardFullError,
+    ConfigRefused,
+    CopyError,
+    FlashError,
+    HelloTimeout,
+    NoReplError,
+    PortError,
+)
 from citynerve.flash_manifest import MANIFEST, Manifest, StalePlan, folders_of, stale_files
 from citynerve.inventory import DEFAULT_BOARDS, REPO_ROOT, InventoryError, board_config, config_bytes
 
-CHUNK = 1024  # data bytes per exec: 1368 base64 characters, well inside any raw REPL buffer
-TMP_SUFFIX = ".new"
+__all__ = [
+    "CHUNK", "BoardConsole", "BoardFile", "BoardFullError", "ConfigRefused", "CopyError", "FlashError",
+    "FlashPlan", "FlashProgress", "FlashResult", "HelloTimeout", "HelloWatch", "NoReplError", "PortError",
+    "QuietProgress", "board_config_for", "build_bundle", "check_port", "config_hash", "flash",
+]
+
 BOOTLOG = "bootlog.json"  # firmware/safe_boot.py
 HOLD = "flash_hold"  # firmware/main.py
-HOLD_REOPEN_S = 20.0  # a board's USB port comes back within a few seconds of a hard reset
 BACKENDS = ("machine", "host")
-_URL_PORTS = ("socket://", "rfc2217://", "loop://")
-
-
-# -- errors: one sentence each, with the data on them ----------------------------------------------
-
-class FlashError(Exception):
-    """Flashing stopped; str() is the sentence for the technician."""
-
-    def __init__(self, message: str, *, board: str | None = None, port: str | None = None) -> None:
-        super().__init__(message)
-        self.board, self.port = board, port
-
-
-class ConfigRefused(FlashError):
-    """boards.toml did not pass `boards check`; `lines` are its problem lines."""
-
-    def __init__(self, message: str, *, lines: list[str], board: str | None = None) -> None:
-        super().__init__(message, board=board)
-        self.lines = lines
-
-
-class PortError(FlashError):
-    """The serial port does not exist or cannot be opened."""
-
-
-class NoReplError(FlashError):
-    """Something is on the port but it does not answer as a MicroPython REPL."""
-
-
-class BoardFullError(FlashError):
-    """The board's filesystem is full (OSError 28); the old firmware is left as it was."""
-
-
-class CopyError(FlashError):
-    """Copying, renaming or verifying failed; `replaced` lists files that are already new."""
-
-    def __init__(self, message: str, *, replaced: list[str], board: str | None = None,
-                 port: str | None = None) -> None:
-        super().__init__(message, board=board, port=port)
-        self.replaced = replaced
-
-
-class HelloTimeout(FlashError):
-    """The board was reset but its HELLO did not arrive; `console` is its last output."""
-
-    def __init__(self, message: str, *, console: list[str], board: str | None = None,
-                 port: str | None = None) -> None:
-        super().__init__(message, board=board, port=port)
-        self.console = console
 
 
 # -- what goes on the board ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BoardFile:
-    path: str  # on the board, from its root: "lib/firmware/app.mpy", "main.py", "config.json"
-    data: bytes = field(repr=False)
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @property
-    def sha256(self) -> str:
-        return sha256(self.data).hexdigest()
-
 
 @dataclass
 class FlashPlan:
@@ -186,32 +144,6 @@ class FlashResult:
     reset: bool = False
     hello: dict[str, Any] | None = None
     console: list[str] = field(default_factory=list)
-
-
-class FlashProgress(Protocol):
-    """What flash tells whoever shows it (the CLI: rich progress; tests: nothing)."""
-
-    def step(self, text: str) -> None: ...
-
-    def copy_started(self, files: int, total_bytes: int) -> None: ...
-
-    def copied(self, path: str, nbytes: int, *, file_done: bool) -> None: ...
-
-    def copy_finished(self) -> None: ...
-
-
-class QuietProgress:
-    def step(self, text: str) -> None:
-        pass
-
-    def copy_started(self, files: int, total_bytes: int) -> None:
-        pass
-
-    def copied(self, path: str, nbytes: int, *, file_done: bool) -> None:
-        pass
-
-    def copy_finished(self) -> None:
-        pass
 
 
 class HelloWatch(Protocol):
@@ -280,258 +212,6 @@ def build_bundle(config: dict[str, Any], *, backend: str = "machine", build_dir:
     return files
 
 
-# -- the board, over mpremote ----------------------------------------------------------------------
-
-_HASH_SCRIPT = """\
-import os, hashlib, binascii
-def _cn_hash(p):
-    try:
-        n = os.stat(p)[6]
-    except OSError:
-        print(repr((p, None)))
-        return
-    h = hashlib.sha256()
-    b = bytearray(512)
-    m = memoryview(b)
-    with open(p, 'rb') as f:
-        while True:
-            k = f.readinto(b)
-            if not k:
-                break
-            h.update(m[:k])
-    print(repr((p, binascii.hexlify(h.digest()).decode())))
-for _cn_p in {paths!r}:
-    _cn_hash(_cn_p)
-"""
-
-_MKDIR_SCRIPT = """\
-import os
-for _cn_d in {dirs!r}:
-    try:
-        os.mkdir(_cn_d)
-    except OSError as e:
-        if e.errno != 17:
-            raise
-"""
-
-_RENAME_SCRIPT = """\
-import os
-for _cn_a, _cn_b in {pairs!r}:
-    os.rename(_cn_a, _cn_b)
-    print(repr(_cn_b))
-"""
-
-_REMOVE_SCRIPT = """\
-import os
-for _cn_p in {paths!r}:
-    try:
-        os.remove(_cn_p)
-        print(repr(_cn_p))
-    except OSError:
-        pass
-"""
-
-
-_READ_SCRIPT = """\
-try:
-    with open({path!r}, 'rb') as _cn_f:
-        print(repr(_cn_f.read()))
-except OSError:
-    print(repr(None))
-"""
-
-_RMDIR_SCRIPT = """\
-import os
-for _cn_d in {dirs!r}:
-    try:
-        if not os.listdir(_cn_d):
-            os.rmdir(_cn_d)
-            print(repr(_cn_d))
-    except OSError:
-        pass
-"""
-
-# machine.reset() is the reset that stops the watchdog; the harness's emulated board has no
-# machine module and reboots when its host bridge is told to exit (hil/micropython/board.mjs).
-_HARD_RESET_SCRIPT = """\
-try:
-    import machine
-except ImportError:
-    machine = None
-if machine is not None:
-    machine.reset()
-else:
-    import hostbridge
-    hostbridge.exit(75)
-"""
-
-
-class BoardConsole:
-    """A board's REPL over the real mpremote's SerialTransport, in the raw REPL while open."""
-
-    def __init__(self, port: str, *, board: str, repl_timeout: float = 10.0) -> None:
-        self.port, self.board, self.repl_timeout = port, board, repl_timeout
-        self.transport: Any = None
-        self.lines: deque[str] = deque(maxlen=20)  # console output after the reset
-        self._reader: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def __enter__(self) -> BoardConsole:
-        self._connect()
-        return self
-
-    def _connect(self) -> None:
-        from mpremote.transport import TransportError
-        from mpremote.transport_serial import SerialTransport
-
-        check_port(self.port, board=self.board)
-        try:
-            with _quiet():
-                # A read timeout, so a board that stops answering is an error, not a hang (mpremote
-                # reads a pty without one); long enough for a busy board to say "OK".
-                self.transport = SerialTransport(self.port, baudrate=115200,
-                                                 timeout=min(5.0, max(0.5, self.repl_timeout / 2)))
-        except TransportError:
-            raise PortError(f"cannot open {self.port}: another program holds it (the gateway, screen, "
-                            "minicom?) or you may not use it (add yourself to the dialout group)",
-                            board=self.board, port=self.port) from None
-        try:
-            with _quiet():
-                self.transport.enter_raw_repl(soft_reset=True, timeout_overall=self.repl_timeout)
-        except (TransportError, OSError):
-            self.transport.close()
-            raise NoReplError(f"the board on {self.port} does not answer as a MicroPython REPL within "
-                              f"{self.repl_timeout:g} s: check it runs MicroPython and that nothing else "
-                              "uses the port", board=self.board, port=self.port) from None
-
-    def hard_reset_and_reconnect(self, *, reopen_s: float = HOLD_REOPEN_S) -> None:
-        """machine.reset(), then the port again (a USB board's port goes away and comes back)."""
-        import time
-
-        from mpremote.transport import TransportError
-
-        try:
-            self.transport.exec_raw_no_follow(_HARD_RESET_SCRIPT)
-        except (TransportError, OSError):
-            pass  # the board may reset before it says OK
-        with contextlib.suppress(Exception):
-            self.transport.close()
-        self.transport = None
-        time.sleep(0.5)  # the board is resetting: a port that is still there would take our Ctrl-C now
-        deadline = time.monotonic() + reopen_s
-        while True:
-            try:
-                self._connect()
-                return
-            except (PortError, NoReplError):
-                if time.monotonic() > deadline:
-                    raise NoReplError(
-                        f"{self.board} was hard-reset for the flash and did not come back on {self.port} "
-                        f"within {reopen_s:g} s; it is waiting in its REPL with its old firmware: unplug it "
-                        "and plug it back in to run that firmware, or flash again", board=self.board,
-                        port=self.port) from None
-                time.sleep(0.5)
-
-    def read(self, path: str) -> bytes | None:
-        out = self.exec(_READ_SCRIPT.format(path="/" + path), f"reading /{path}")
-        line = out.decode(errors="replace").strip().splitlines()[-1:] or ["None"]
-        value = ast.literal_eval(line[0])
-        return value if isinstance(value, bytes) else None
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._reader is not None:
-            self._reader.join(3)
-        with contextlib.suppress(Exception):
-            if self.transport.in_raw_repl:
-                self.transport.exit_raw_repl()
-        with contextlib.suppress(Exception):
-            self.transport.close()
-
-    def exec(self, script: str, what: str) -> bytes:
-        """Run `script` on the board; a traceback becomes one sentence (ENOSPC: BoardFullError)."""
-        from mpremote.transport import TransportError, TransportExecError
-
-        try:
-            return self.transport.exec(script)
-        except TransportExecError as exc:
-            last = (exc.error_output.strip().splitlines() or ["?"])[-1]
-            if "Errno 28" in last or "ENOSPC" in last or last.endswith("OSError: 28"):
-                raise BoardFullError(f"the filesystem of {self.board} is full (OSError 28, no space left) "
-                                     f"while {what}; nothing was replaced: the old firmware is intact",
-                                     board=self.board, port=self.port) from exc
-            raise CopyError(f"{self.board} failed while {what}: {last}", replaced=[],
-                            board=self.board, port=self.port) from exc
-        except TransportError as exc:
-            raise NoReplError(f"the board on {self.port} stopped answering while {what} ({exc})",
-                              board=self.board, port=self.port) from None
-
-    def hashes(self, paths: list[str]) -> dict[str, str | None]:
-        out = self.exec(_HASH_SCRIPT.format(paths=["/" + p for p in paths]), "reading file hashes")
-        found: dict[str, str | None] = {}
-        for line in out.decode(errors="replace").splitlines():
-            if line.startswith("("):
-                path, digest = ast.literal_eval(line)
-                found[path[1:]] = digest
-        return found
-
-    def write(self, file: BoardFile, target: str, progress: FlashProgress) -> None:
-        self.exec(f"import binascii\n_cn_f = open({target!r}, 'wb')\n_cn_w = _cn_f.write\n"
-                  "_cn_a = binascii.a2b_base64", f"opening {target}")
-        try:
-            for at in range(0, file.size, CHUNK):
-                piece = file.data[at:at + CHUNK]
-                self.exec(f"_cn_w(_cn_a({base64.b64encode(piece)!r}))", f"writing {target}")
-                progress.copied(file.path, len(piece), file_done=at + CHUNK >= file.size)
-        finally:
-            with contextlib.suppress(FlashError):
-                self.exec("_cn_f.close()", f"closing {target}")
-        if not file.size:
-            progress.copied(file.path, 0, file_done=True)
-
-    def reset(self) -> None:
-        """Soft-reset from the friendly REPL (runs /main.py), then keep reading the console."""
-        self.transport.exit_raw_repl()
-        self.transport.serial.write(b"\x04")
-        seen = self.transport.read_until(1, b"soft reboot\r\n", timeout=5)
-        if not seen.endswith(b"soft reboot\r\n"):
-            raise NoReplError(f"the board on {self.port} did not soft-reset when asked (Ctrl-D); "
-                              "unplug it and plug it back in to start the new firmware",
-                              board=self.board, port=self.port)
-        self.transport.serial.timeout = 0.2
-        self._reader = threading.Thread(target=self._read_console, name="flash-console", daemon=True)
-        self._reader.start()
-
-    def _read_console(self) -> None:
-        partial = b""
-        while not self._stop.is_set():
-            try:
-                data = self.transport.serial.read(256)
-            except Exception:  # noqa: BLE001 - the port went away: nothing more to read
-                return
-            partial += data
-            *done, partial = partial.split(b"\n")
-            for line in done:
-                text = line.decode(errors="replace").strip()
-                if text:
-                    self.lines.append(text)
-
-
-def check_port(port: str, *, board: str) -> None:
-    """Refuse a port that does not exist (pyserial URLs such as socket:// are taken as given)."""
-    if not port.startswith(_URL_PORTS) and not os.path.exists(port):
-        raise PortError(f"there is no serial port {port}: is the board plugged in? "
-                        "(`ls /dev/ttyACM* /dev/ttyUSB*` lists the ports)", board=board, port=port)
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """mpremote prints raw bytes to stdout when it cannot reach the raw REPL; they are not for the
-    technician (the error says it). Only around connecting: this swaps sys.stdout for every thread."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KiB"
 
@@ -571,38 +251,43 @@ def flash(
     paths = [f.path for f in plan.files]
     with BoardConsole(port, board=board_id, repl_timeout=repl_timeout) as board:
         result.held = _hold(board, plan, progress)
-        progress.step("reading the board's file hashes")
-        old = Manifest.parse(board.read(MANIFEST))
-        listed = sorted(set(old.files) - set(paths)) if old is not None else []
-        plan.on_board = board.hashes(paths + listed)
-        plan.stale = stale_files(old, paths, plan.on_board)
-        progress.step(plan.summary())
-        for line in plan.removal_lines():
-            progress.step(line.strip())
-        owned = dict(old.files) if old is not None else {}
-        owned.update({f.path: f.sha256 for f in plan.files})
-        pending = Manifest(board_id, owned, pending=True)
-        _copy(board, plan, result, progress, before_rename=lambda: _write_manifest(board, pending))
-        progress.step("verifying every file's SHA-256 on the board")
-        after = board.hashes(paths)
-        wrong = [f.path for f in plan.files if after.get(f.path) != f.sha256]
-        if wrong:
-            raise CopyError(f"{len(wrong)} file{'s' * (len(wrong) != 1)} on {board_id} do not match after "
-                            f"copying ({', '.join(wrong[:5])}): flash again", replaced=result.copied,
-                            board=board_id, port=port)
+        try:
+            progress.step("reading the board's file hashes")
+            old = Manifest.parse(board.read(MANIFEST))
+            listed = sorted(set(old.files) - set(paths)) if old is not None else []
+            plan.on_board = board.hashes(paths + listed)
+            plan.stale = stale_files(old, paths, plan.on_board)
+            progress.step(plan.summary())
+            for line in plan.removal_lines():
+                progress.step(line.strip())
+            owned = dict(old.files) if old is not None else {}
+            owned.update({f.path: f.sha256 for f in plan.files})
+            pending = Manifest(board_id, owned, pending=True)
+            _copy(board, plan, result, progress, before_rename=lambda: _write_manifest(board, pending))
+            progress.step("verifying every file's SHA-256 on the board")
+            after = board.hashes(paths)
+            wrong = [f.path for f in plan.files if after.get(f.path) != f.sha256]
+            if wrong:
+                raise CopyError(f"{len(wrong)} file{'s' * (len(wrong) != 1)} on {board_id} do not match after "
+                                f"copying ({', '.join(wrong[:5])}): flash again", replaced=result.copied,
+                                board=board_id, port=port)
+        except FlashError as exc:
+            if result.held and _old_firmware_whole(exc):
+                _give_back(board, exc)
+            raise
         result.verified = len(plan.files)
         if plan.stale.remove:
             progress.step(f"removing {len(plan.stale.remove)} file{'s' * (len(plan.stale.remove) != 1)} "
                           "an older bundle left")
-            out = board.exec(_REMOVE_SCRIPT.format(paths=["/" + p for p in plan.stale.remove]),
+            out = board.exec(REMOVE_SCRIPT.format(paths=["/" + p for p in plan.stale.remove]),
                              "removing the files an older bundle left")
-            result.removed = _printed_paths(out)
-            board.exec(_RMDIR_SCRIPT.format(dirs=["/" + d for d in folders_of(plan.stale.remove)]),
+            result.removed = printed_paths(out)
+            board.exec(RMDIR_SCRIPT.format(dirs=["/" + d for d in folders_of(plan.stale.remove)]),
                        "removing emptied folders")
         final = Manifest(board_id, {f.path: f.sha256 for f in plan.files})
         if old is None or old.to_bytes() != final.to_bytes():
             _write_manifest(board, final)
-        cleared = board.exec(_REMOVE_SCRIPT.format(paths=["/" + HOLD, "/" + BOOTLOG]),
+        cleared = board.exec(REMOVE_SCRIPT.format(paths=["/" + HOLD, "/" + BOOTLOG]),
                              "ending the flash hold and clearing the crash-loop record")
         result.bootlog_cleared = "/" + BOOTLOG in cleared.decode(errors="replace")
         if not reset:
@@ -647,15 +332,15 @@ def _hold(board: BoardConsole, plan: FlashPlan, progress: FlashProgress) -> bool
             board.write(main, "/main.py" + TMP_SUFFIX, QuietProgress())
         except FlashError:
             with contextlib.suppress(FlashError):
-                board.exec(_REMOVE_SCRIPT.format(paths=["/main.py" + TMP_SUFFIX]), "removing /main.py.new")
+                board.exec(REMOVE_SCRIPT.format(paths=["/main.py" + TMP_SUFFIX]), "removing /main.py.new")
             raise
-        board.exec(_RENAME_SCRIPT.format(pairs=[("/main.py" + TMP_SUFFIX, "/main.py")]), "moving /main.py into place")
+        board.exec(RENAME_SCRIPT.format(pairs=[("/main.py" + TMP_SUFFIX, "/main.py")]), "moving /main.py into place")
     board.write(BoardFile(HOLD, b"hold"), "/" + HOLD, QuietProgress())
     board.hard_reset_and_reconnect()
     state = board.read(HOLD)
     if state != b"held":
         with contextlib.suppress(FlashError):
-            board.exec(_REMOVE_SCRIPT.format(paths=["/" + HOLD]), "removing the flash hold")
+            board.exec(REMOVE_SCRIPT.format(paths=["/" + HOLD]), "removing the flash hold")
         raise FlashError(f"{plan.board} did not stay in its REPL after the hard reset for the flash (/{HOLD} "
                          f"{'is gone' if state is None else f'says {state.decode(errors=chr(63))!r}'}): its "
                          "firmware may be running with its watchdog on; nothing but /main.py was changed, the "
@@ -663,11 +348,28 @@ def _hold(board: BoardConsole, plan: FlashPlan, progress: FlashProgress) -> bool
     return True
 
 
+def _old_firmware_whole(exc: FlashError) -> bool:
+    return isinstance(exc, BoardFullError) or (isinstance(exc, CopyError) and not exc.replaced)
+
+
+def _give_back(board: BoardConsole, exc: FlashError) -> None:
+    """A flash that stopped after the hold with the old firmware whole restarts that firmware, so
+    the board is as it was (not waiting in its REPL); the error says which happened."""
+    try:
+        board.exec(REMOVE_SCRIPT.format(paths=["/" + HOLD]), "ending the flash hold")
+        board.reset()
+    except Exception:  # noqa: BLE001 - the board stopped answering: say what state it is in
+        exc.args = (f"{exc}; the board is waiting in its REPL: unplug it and plug it back in to run its "
+                    "old firmware",)
+        return
+    exc.args = (f"{exc}; the board was restarted with its old firmware",)
+
+
 def _write_manifest(board: BoardConsole, manifest: Manifest) -> None:
     """The manifest under a temporary name, then one rename: it is whole or the old one."""
     data = BoardFile(MANIFEST, manifest.to_bytes())
     board.write(data, "/" + MANIFEST + TMP_SUFFIX, QuietProgress())
-    board.exec(_RENAME_SCRIPT.format(pairs=[("/" + MANIFEST + TMP_SUFFIX, "/" + MANIFEST)]),
+    board.exec(RENAME_SCRIPT.format(pairs=[("/" + MANIFEST + TMP_SUFFIX, "/" + MANIFEST)]),
                f"moving /{MANIFEST} into place")
 
 
@@ -677,7 +379,7 @@ def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: F
     if not todo:
         return
     dirs = sorted({"/" + "/".join(f.path.split("/")[:i]) for f in todo for i in range(1, f.path.count("/") + 1)})
-    board.exec(_MKDIR_SCRIPT.format(dirs=dirs), "making folders")
+    board.exec(MKDIR_SCRIPT.format(dirs=dirs), "making folders")
     progress.copy_started(len(todo), plan.copy_bytes)
     written: list[str] = []
     try:
@@ -687,7 +389,7 @@ def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: F
             board.write(file, target, progress)
     except FlashError as exc:
         with contextlib.suppress(FlashError):
-            board.exec(_REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
+            board.exec(REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
         if isinstance(exc, BoardFullError):
             raise
         raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
@@ -699,23 +401,18 @@ def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: F
             before_rename()
         except FlashError as exc:
             with contextlib.suppress(FlashError):
-                board.exec(_REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
+                board.exec(REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
             if isinstance(exc, BoardFullError):
                 raise
             raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
                             replaced=[], board=plan.board, port=board.port) from None
     pairs = [("/" + f.path + TMP_SUFFIX, "/" + f.path) for f in todo]
     try:
-        out = board.exec(_RENAME_SCRIPT.format(pairs=pairs), "moving the new files into place")
+        out = board.exec(RENAME_SCRIPT.format(pairs=pairs), "moving the new files into place")
     except CopyError as exc:
         done = exc.__cause__.status_code if exc.__cause__ is not None else b""  # type: ignore[attr-defined]
-        replaced = _printed_paths(done)
+        replaced = printed_paths(done)
         raise CopyError(f"{plan.board}: only {len(replaced)} of {len(pairs)} new files were moved into "
                         f"place ({exc}); new: {', '.join(replaced) or 'none'}; flash again to finish",
                         replaced=replaced, board=plan.board, port=board.port) from None
-    result.copied = _printed_paths(out)
-
-
-def _printed_paths(out: bytes) -> list[str]:
-    """The paths a board script printed with repr(), one a line, without their leading "/"."""
-    return [ast.literal_eval(x)[1:] for x in out.decode(errors="replace").splitlines() if x.startswith("'")]
+    result.copied = printed_paths(out)

@@ -386,3 +386,33 @@ def test_the_flash_hold_keeps_the_firmware_stopped_for_one_boot_only(
         assert emulated.wait_for_output(b"[link] cannot open the link", timeout=20, since=mark)
         assert b"an unfinished flash hold was removed" in emulated.console_text().encode()
         assert not hold.exists()
+
+
+def test_a_flash_that_fails_after_the_hold_gives_the_board_back_to_its_old_firmware(
+        build_dir: Path, tmp_path: Path, dead_host: dict[str, Any]) -> None:
+    flash_dir = tmp_path / "flash"
+    with EmulatedBoard(flash_dir) as emulated:
+        flash(BOARD, port=emulated.port, backend="host", host=dead_host, build_dir=build_dir, reset=False)
+    before = bundle_snapshot(flash_dir)
+    used = sum(p.stat().st_size for p in flash_dir.rglob("*") if p.is_file())
+    bigger = boards_with_a_loop_on_air_pico(tmp_path)  # about 12 KB more than fits below
+    with EmulatedBoard(flash_dir, capacity=used + 6000) as small:
+        assert small.wait_for_output(b"[link] cannot open the link", timeout=20), "the old firmware runs"
+        with pytest.raises(BoardFullError) as caught:
+            flash(BOARD, port=small.port, boards_file=bigger, profiles=REPO / "profiles", backend="host",
+                  host=dead_host, build_dir=build_dir)
+        message = str(caught.value)
+        assert "nothing was replaced: the old firmware is intact; the board was restarted with its old firmware" \
+            in message, message
+
+        def since_hold() -> str:
+            text = small.console_text()
+            return text[text.rindex("[boot] held for citynerve flash"):]
+
+        deadline = time.monotonic() + 20
+        while "[link] cannot open the link" not in since_hold() and time.monotonic() < deadline:
+            small.wait_for_output(b"[link]", timeout=0.5, since=small.console_mark())
+        assert "[link] cannot open the link" in since_hold(), "the old firmware runs again after the error"
+    assert bundle_snapshot(flash_dir) == before, "the board is as it was"
+    assert not (flash_dir / "flash_hold").exists()
+    assert not list(flash_dir.rglob("*.new"))
