@@ -410,11 +410,13 @@ class NodeSession:
         records: list[tuple[str, int, bytes, int]] = []
         if converted.measurements:
             records.append(("m", state.boot,
-                            pack_readings(self.node, state.boot, converted.measurements, ()),
+                            pack_readings(self.node, state.boot, converted.measurements, (),
+                                          plain=converted.plain),
                             len(converted.measurements)))
         if converted.events:
             records.append(("e", EVENT_BOOT_OFFSET + state.boot,
-                            pack_readings(self.node, state.boot, (), converted.events),
+                            pack_readings(self.node, state.boot, (), converted.events,
+                                          plain=converted.plain),
                             len(converted.events)))
         return _Pending(state, frame.seq, tick, records)
 

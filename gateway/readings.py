@@ -83,28 +83,86 @@ class FrameReadings(NamedTuple):
 
 class Converted(NamedTuple):
     """convert_data's answer: the readings, the stream ids the table lacks (the frame must wait
-    for the HELLO that declares them) and how many readings were malformed and left out."""
+    for the HELLO that declares them) and how many readings were malformed and left out.
+    `plain`: every field is exactly a str, int, float or None, so decoding the packed record
+    gives these very values back (pack_readings may then remember them)."""
 
     measurements: list[Measurement]
     events: list[Event]
     unknown_sids: set[int]
     bad: int
+    plain: bool = False
+
+
+class _RecentRecords:
+    """The readings of records packed lately, by payload, for unpack_readings to hand back without
+    decoding: the batcher reads a frame back from the spool within about a second of its
+    arrival. Exact by construction: the key is the whole payload, and only records of plain
+    values (Converted.plain) are kept, for which decoding gives equal values of the same types.
+    Bounded by a reading count (oldest first out); the spool stays the record of truth."""
+
+    def __init__(self, max_readings: int) -> None:
+        self.max_readings = max_readings
+        self._records: dict[bytes, FrameReadings] = {}
+        self._readings = 0
+
+    def add(self, payload: bytes, record: FrameReadings) -> None:
+        size = len(record.measurements) + len(record.events)
+        if size > self.max_readings or payload in self._records:
+            return
+        self._records[payload] = record
+        self._readings += size
+        while self._readings > self.max_readings:
+            self._drop(next(iter(self._records)))
+
+    def take(self, payload: bytes) -> FrameReadings | None:
+        record = self._records.get(payload)
+        if record is not None:
+            self._drop(payload)
+            # Fresh lists: the caller may keep or change them, the next taker gets its own.
+            record = FrameReadings(record.node, record.node_boot, list(record.measurements),
+                                   list(record.events))
+        return record
+
+    def _drop(self, payload: bytes) -> None:
+        record = self._records.pop(payload, None)
+        if record is not None:
+            self._readings -= len(record.measurements) + len(record.events)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._readings = 0
+
+
+# ~3 MB at most: a second or two of a busy junction's readings, or a 10 s interval of a quiet one.
+RECENT_RECORDS = _RecentRecords(max_readings=16_384)
 
 
 def pack_readings(node: str, node_boot: int, measurements: Iterable[Sequence[Any]],
-                  events: Iterable[Sequence[Any]]) -> bytes:
-    """The spool payload of one frame's readings."""
+                  events: Iterable[Sequence[Any]], *, plain: bool = False) -> bytes:
+    """The spool payload of one frame's readings. `plain`: the readings are Measurement and
+    Event tuples of plain values (Converted.plain), and unpack_readings of this payload may
+    hand them back without decoding (RECENT_RECORDS)."""
     if (type(measurements) in _SEQUENCES and type(events) in _SEQUENCES
             and _ARRAYS.issuperset(map(type, measurements))
             and _ARRAYS.issuperset(map(type, events))):
         # Readings that are Measurement/Event tuples (or lists) pack as the arrays below do.
-        return _packb([READINGS_VERSION, node, node_boot, measurements, events])
+        payload: bytes = _packb([READINGS_VERSION, node, node_boot, measurements, events])
+        if (plain and type(node) is str and type(node_boot) is int
+                and _RECORD_TYPES.issuperset(map(type, measurements))
+                and _RECORD_TYPES.issuperset(map(type, events))):
+            RECENT_RECORDS.add(payload, FrameReadings(node, node_boot, list(measurements),
+                                                      list(events)))
+        return payload
     return _packb([READINGS_VERSION, node, node_boot, [list(m) for m in measurements],
                    [list(e) for e in events]])
 
 
 def unpack_readings(payload: bytes) -> FrameReadings:
     """The readings of a spool payload; ReadingsError if it is not one."""
+    recent = RECENT_RECORDS.take(payload)
+    if recent is not None:
+        return recent
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         version, node, boot, measurements, events = obj
@@ -125,6 +183,7 @@ def unpack_readings(payload: bytes) -> FrameReadings:
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _SEQUENCES = (list, tuple)
 _ARRAYS = frozenset((Measurement, Event, list, tuple))
+_RECORD_TYPES = frozenset((Measurement, Event))
 _new_tuple = tuple.__new__
 _MEASUREMENT = itertools.repeat(Measurement)
 _EVENT = itertools.repeat(Event)
@@ -226,10 +285,13 @@ def _convert_clean(message: Mapping[str, Any], streams: Mapping[int, StreamInfo]
         lo = elo if lo is None else min(lo, elo)
         hi = ehi if hi is None else max(hi, ehi)
         events = list(map(_new_tuple, _EVENT, zip(map(base.__add__, dts), codes, params)))
-    return Converted(measurements, events, set(), 0), lo, hi
+    # Plain when the stream table's fields are (as a HELLO decodes them): see Converted.plain.
+    plain = _PLAIN_FIELDS.issuperset(map(type, itertools.chain.from_iterable(streams.values())))
+    return Converted(measurements, events, set(), 0, plain), lo, hi
 
 
 _ONE_STREAM_INFO = {StreamInfo}
+_PLAIN_FIELDS = frozenset((str, int, type(None)))
 _ONE_INT = {int}
 _NUMBERS = frozenset((int, float))
 _NONES = itertools.repeat(None)

@@ -142,8 +142,9 @@ def _time_order(times):
     """Sample positions in time order (stable), or None when they already are."""
     if sorted(times) == times:  # in C on both runtimes; most streams arrive in order
         return None
-    # (time, position): ties keep their add order, and MicroPython's sort is not stable.
-    return sorted(range(len(times)), key=lambda i: (times[i], i))
+    # Sorted (time, position) pairs: ties keep their add order (MicroPython's sort is not
+    # stable), and no key function runs per sample.
+    return [i for _, i in sorted(zip(times, range(len(times))))]
 
 
 def _split_name(name):

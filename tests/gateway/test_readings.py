@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 from gateway.node_session import TickClock
 from gateway.readings import (
     Converted,
+    RECENT_RECORDS,
     Event,
+    FrameReadings,
     Measurement,
     StreamInfo,
     convert_data,
     pack_readings,
+    _RecentRecords,
     unpack_readings,
 )
 from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, MAX_FAULT_CODE
@@ -151,10 +154,10 @@ def messages(draw: Any) -> dict[str, Any]:
 
 
 def run(clock: TickClock, message: dict[str, Any], fast: bool) -> Any:
-    try:
+    try:  # (Converted.plain is new: the reference has no opinion on it)
         if fast:
-            return convert_data(message, STREAMS, clock)
-        return reference_convert(message, STREAMS, clock.to_utc)
+            return tuple(convert_data(message, STREAMS, clock)[:4])
+        return tuple(reference_convert(message, STREAMS, clock.to_utc)[:4])
     except Exception as error:  # noqa: BLE001 - the same error is part of the same answer
         return type(error)
 
@@ -182,7 +185,7 @@ def test_a_clock_that_never_observed_raises_as_before() -> None:
     assert run(TickClock(), message, True) is ValueError
     assert run(TickClock(), message, False) is ValueError
     # ... and with nothing to map, nothing to raise.
-    assert convert_data({"tick": 5, "t0": 5, "m": []}, STREAMS, TickClock()) == (
+    assert convert_data({"tick": 5, "t0": 5, "m": []}, STREAMS, TickClock())[:4] == (
         [], [], set(), 0)
 
 
@@ -193,8 +196,8 @@ def test_a_frame_across_the_half_period_falls_back_tick_by_tick() -> None:
     message = {"tick": 0, "t0": 0, "m": [0, 10, 5, 0, HALF - 1, 6, 0, HALF + 1, 7]}
     slow = TickClock()
     slow.observe(0, UTC0)
-    assert convert_data(message, STREAMS, clock) == reference_convert(message, STREAMS,
-                                                                      slow.to_utc)
+    assert convert_data(message, STREAMS, clock)[:4] == reference_convert(message, STREAMS,
+                                                                          slow.to_utc)[:4]
     assert state(clock) == state(slow)
 
 
@@ -221,6 +224,42 @@ def test_settle_matches_unwrapping_every_tick(first: int, ticks: list[int], t0: 
         assert (reference._last_raw, reference._last_unwrapped) == state(clock)[:2]  # noqa: SLF001
     else:
         assert state(clock) == before
+
+
+def test_recent_records_come_back_equal_and_only_when_plain() -> None:
+    clock = TickClock()
+    clock.observe(100, UTC0)
+    message = {"tick": 100, "t0": 90, "m": [0, 0, 215, 2, 5, 1.5], "e": [3, 82, 3]}
+    converted = convert_data(message, STREAMS, clock)
+    assert converted.plain
+    payload = pack_readings("n", 7, converted.measurements, converted.events, plain=True)
+    assert RECENT_RECORDS.take(payload) is not None  # remembered ...
+    RECENT_RECORDS.add(payload, unpack_readings(payload))
+    fresh = unpack_readings(payload)  # ... handed back once, then decoded
+    decoded = unpack_readings(payload)
+    assert fresh == decoded == ("n", 7, converted.measurements, converted.events)
+    assert [type(v) for m in fresh.measurements for v in m] == [
+        type(v) for m in decoded.measurements for v in m]
+    # A table with a str subclass in it: not plain, never remembered (decoding gives a str).
+    class Name(str):
+        pass
+    odd = {0: StreamInfo(Name("x/y"), "", "gauge", None)}
+    converted = convert_data({"tick": 100, "t0": 90, "m": [0, 0, 1]}, odd, clock)
+    assert not converted.plain
+    payload = pack_readings("n", 7, converted.measurements, (), plain=converted.plain)
+    assert RECENT_RECORDS.take(payload) is None
+    assert type(unpack_readings(payload).measurements[0].stream) is str
+
+
+def test_recent_records_are_bounded_oldest_first() -> None:
+    recent = _RecentRecords(max_readings=5)
+    rows = [Measurement("a/b", "", "gauge", None, UTC0 + i, i, None) for i in range(3)]
+    for i in range(3):
+        recent.add(bytes([i]), FrameReadings("n", 1, rows, []))
+    assert recent.take(b"\x00") is None  # 9 readings > 5: the oldest went
+    assert recent.take(b"\x01") is None
+    assert recent.take(b"\x02") == ("n", 1, rows, [])
+    assert recent.take(b"\x02") is None  # taken once
 
 
 def test_spool_records_pack_namedtuples_as_before() -> None:
