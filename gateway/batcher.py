@@ -13,9 +13,11 @@ committed (and by `load_pending()` for frames a previous run left). A group is d
 Events: "an event reaches the broker within event_window_ms of when it happened, batched as late
 as that allows". The node's own pipeline (debounce, link, spool: some 50-90 ms from a loop edge)
 is part of the window rather than added to it, as it was when the window began at the frame's
-arrival; events that arrive together still share a batch. The event times are read back from the
-spool once per noted frame (note() gets no payload). A node clock ahead of the gateway's cannot
-hold an event back: the window never starts later than the oldest frame's arrival.
+arrival; events that arrive together still share a batch. note() gets no payload, so the event
+times are read back from the spool once per group, when its first frame is noted (later frames of
+a group hold later events; a resent older one waits at most the window from its group's first
+arrival). A node clock ahead of the gateway's cannot hold an event back: the window never starts
+later than the oldest frame's arrival.
 
 A due group is sealed whole: every pending frame of that node and kind, split into batches per
 node boot and of at most batch_max_readings readings (a frame is never split).
@@ -135,7 +137,7 @@ class _Group:
     frames: int = 0
     readings: int = 0
     event_ms: int | None = None  # events: the oldest event's own time, once read
-    unread: bool = False  # events: frames noted whose event times are not read yet
+    unread: bool = False  # events: the event times are not read yet
     not_before: int = 0  # after a failed seal: no retry before this
 
 
@@ -184,15 +186,14 @@ class Batcher:
         key = (stored.node, stored.kind)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(stored.received_ms)
+            group = self._groups[key] = _Group(stored.received_ms, unread=stored.kind == "e")
         group.first_ms = min(group.first_ms, stored.received_ms)
         group.frames += 1
         group.readings += stored.readings
-        group.unread = stored.kind == "e"
         self._wake.set()
 
     async def _read_event_times(self) -> None:
-        """Learn the oldest event time of every event group with newly noted frames."""
+        """Learn the oldest event time of every new event group (one spool read each)."""
         for key, group in list(self._groups.items()):
             if not group.unread:
                 continue
