@@ -416,3 +416,23 @@ def test_a_flash_that_fails_after_the_hold_gives_the_board_back_to_its_old_firmw
     assert bundle_snapshot(flash_dir) == before, "the board is as it was"
     assert not (flash_dir / "flash_hold").exists()
     assert not list(flash_dir.rglob("*.new"))
+
+
+def test_a_board_with_an_older_main_py_gets_the_new_one_before_the_hold(
+        build_dir: Path, tmp_path: Path, dead_host: dict[str, Any]) -> None:
+    """The main.py of citynerve before the hold existed starts the firmware whatever /flash_hold
+    says: flash replaces it first (it still starts the old firmware), then holds the board."""
+    with EmulatedBoard(tmp_path / "flash") as emulated:
+        flash(BOARD, port=emulated.port, backend="host", host=dead_host, build_dir=build_dir, reset=False)
+        emulated.stop()
+        legacy = "# Board entry point\nfrom firmware.app import run\n\nrun()\n"
+        (emulated.flash_dir / "main.py").write_text(legacy)
+        mark = emulated.console_mark()
+        emulated.start()
+        assert emulated.wait_for_output(b"[link] cannot open the link", timeout=20, since=mark)
+        mark = emulated.console_mark()
+        result = flash(BOARD, port=emulated.port, backend="host", host=dead_host, build_dir=build_dir,
+                       reset=False)
+        assert result.held and emulated.wait_for_output(b"[boot] held for citynerve flash", timeout=1, since=mark)
+        assert result.copied == [], "main.py was already replaced for the hold"
+        assert (emulated.flash_dir / "main.py").read_bytes() == (REPO / "firmware" / "main.py").read_bytes()
