@@ -19,6 +19,18 @@ def _check_time(t_ms, what):
         raise ValueError("%s must be an int of UTC milliseconds in 0..2**53, not %r" % (what, t_ms))
 
 
+try:
+    import sys as _sys
+
+    if _sys.implementation.name != "cpython":
+        raise ImportError("the portable path")
+    # CPython's sort is stable (MicroPython's is not) and its operator module is in C: the
+    # gateway orders a batch's samples with them (the same order; see _time_order).
+    from operator import gt as _gt
+except ImportError:
+    _gt = None
+
+
 def _not_finite(stream, value):
     raise ValueError("stream %s: value must be a finite number (or pass a fault), not %r"
                      % (stream, value))
@@ -112,6 +124,60 @@ class Batch:
         s.values.append(value)
         self.measurement_count += 1
 
+    def add_readings(self, measurements=(), events=()):
+        """Many readings at once: each measurement (stream, unit, kind, dec, t_ms, value, fault)
+        as add_stream(stream, unit, kind, dec) then add_measurement(stream, t_ms, value, fault),
+        each event (t_ms, code, param) as add_event; the same result, without two method calls
+        a reading. A reading those calls refuse is left out and returned with its ValueError:
+        [(reading, error), ...]."""
+        refused = []
+        streams = self._streams
+        for m in measurements:
+            stream, unit, kind, dec, t_ms, value, fault = m
+            s = streams.get(stream)
+            # The common case inline (declared the same way, plain time and value, no fault);
+            # anything else through the two calls, which decide and raise as they always do.
+            if (s is not None and fault is None and s.unit == unit and s.kind == kind
+                    and s.dec == dec and type(stream) is str and type(unit) is str
+                    and type(kind) is str and (dec is None or type(dec) is int)
+                    and type(t_ms) is int and 0 <= t_ms < MAX_EXACT):
+                t = type(value)
+                scale = s.scale
+                if scale is None:
+                    if (t is float and value - value == 0.0) or (
+                            t is int and -(2 ** 63) <= value < 2 ** 64):
+                        s.times.append(t_ms)
+                        s.values.append(value)
+                        self.measurement_count += 1
+                        continue
+                elif t is int or (t is float and value - value == 0.0):
+                    v = value * scale if t is int and s.dec >= 0 else int(round(value * scale))
+                    if -MAX_EXACT <= v <= MAX_EXACT:
+                        s.times.append(t_ms)
+                        s.values.append(v)
+                        self.measurement_count += 1
+                        continue
+            try:
+                self.add_stream(stream, unit, kind, dec)
+                self.add_measurement(stream, t_ms, value, fault)
+            except ValueError as error:
+                refused.append((m, error))
+        times, codes, params = self.event_times, self.event_codes, self.event_params
+        for e in events:
+            t_ms, code, param = e
+            if (type(t_ms) is int and 0 <= t_ms < MAX_EXACT and type(code) is int
+                    and 0 <= code <= MAX_EVENT_CODE and type(param) is int
+                    and 0 <= param <= MAX_EVENT_PARAM):
+                times.append(t_ms)
+                codes.append(code)
+                params.append(param)
+                continue
+            try:
+                self.add_event(t_ms, code, param)
+            except ValueError as error:
+                refused.append((e, error))
+        return refused
+
     def add_event(self, t_ms, code, param=0):
         """One Indiana hi-res event (REFERENCE.md §6): code and parameter 0..255."""
         if type(t_ms) is not int or not 0 <= t_ms < MAX_EXACT:
@@ -140,7 +206,11 @@ def _delta_chain(times, base):
 
 def _time_order(times):
     """Sample positions in time order (stable), or None when they already are."""
-    if sorted(times) == times:  # in C on both runtimes; most streams arrive in order
+    if _gt is not None:  # CPython: both steps in C, no Python code per sample
+        if not any(map(_gt, times, times[1:])):
+            return None
+        return sorted(range(len(times)), key=times.__getitem__)  # a stable sort: ties in order
+    if sorted(times) == times:  # most streams arrive in order
         return None
     # Sorted (time, position) pairs: ties keep their add order (MicroPython's sort is not
     # stable), and no key function runs per sample.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
+from protocols import batch_builder
 from protocols.batch_builder import Batch, body_fields, pack_body
 from tests.protocols.test_batch_cnb1 import batches
 
@@ -145,4 +146,19 @@ def test_out_of_order_samples_and_faults_take_the_slow_paths() -> None:
         batch.add_measurement("a/y", t, v, fault)
     batch.add_event(5, 1, 2)
     batch.add_event(3, 1, 1)
+    batch.add_event(5, 1, 3)  # a tie: add order decides
     assert body_fields(batch) == reference_body_fields(batch)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_the_portable_time_order_is_the_same(made: tuple[Batch, dict]) -> None:
+    """MicroPython's path (no stable sort, no operator module), run here on CPython."""
+    batch, _ = made
+    fast = body_fields(batch)
+    saved = batch_builder._gt  # noqa: SLF001
+    batch_builder._gt = None  # noqa: SLF001
+    try:
+        assert body_fields(batch) == fast == reference_body_fields(batch)
+    finally:
+        batch_builder._gt = saved  # noqa: SLF001
