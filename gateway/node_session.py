@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.fast_codec import decode_data
-from gateway.readings import StreamInfo, convert_data, health_json, pack_readings
+from gateway.readings import StreamInfo, convert_data, health_json, pack_converted
 from gateway.spool_async import AsyncSpool
 from gateway.spool_seen import EMPTY, Window, is_seen, mark
 from protocols.link_frame import ACK, DATA, HEALTH, HELLO, RESULT, LinkFrame, encode_frame
@@ -408,15 +408,11 @@ class NodeSession:
                        "node data malformed readings left out node=%s boot=%d seq=%d count=%d",
                        self.node, state.boot, frame.seq, converted.bad)
         records: list[tuple[str, int, bytes, int]] = []
-        if converted.measurements:
-            records.append(("m", state.boot,
-                            pack_readings(self.node, state.boot, converted.measurements, (),
-                                          plain=converted.plain),
-                            len(converted.measurements)))
-        if converted.events:
-            records.append(("e", EVENT_BOOT_OFFSET + state.boot,
-                            pack_readings(self.node, state.boot, (), converted.events,
-                                          plain=converted.plain),
+        m_payload, e_payload = pack_converted(self.node, state.boot, converted)
+        if m_payload is not None:
+            records.append(("m", state.boot, m_payload, len(converted.measurements)))
+        if e_payload is not None:
+            records.append(("e", EVENT_BOOT_OFFSET + state.boot, e_payload,
                             len(converted.events)))
         return _Pending(state, frame.seq, tick, records)
 
