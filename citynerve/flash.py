@@ -250,13 +250,13 @@ def flash(
     assert port is not None
     paths = [f.path for f in plan.files]
     with BoardConsole(port, board=board_id, repl_timeout=repl_timeout) as board:
-        result.held = _hold(board, plan, progress)
         try:
+            result.held = _hold(board, plan, progress)
             progress.step("reading the board's file hashes")
             old = Manifest.parse(board.read(MANIFEST))
             listed = sorted(set(old.files) - set(paths)) if old is not None else []
             plan.on_board = board.hashes(paths + listed)
-            plan.stale = stale_files(old, paths, plan.on_board)
+            plan.stale = stale = stale_files(old, paths, plan.on_board)
             progress.step(plan.summary())
             for line in plan.removal_lines():
                 progress.step(line.strip())
@@ -272,17 +272,17 @@ def flash(
                                 f"copying ({', '.join(wrong[:5])}): flash again", replaced=result.copied,
                                 board=board_id, port=port)
         except FlashError as exc:
-            if result.held and _old_firmware_whole(exc):
+            if _old_firmware_whole(exc):
                 _give_back(board, exc)
             raise
         result.verified = len(plan.files)
-        if plan.stale.remove:
-            progress.step(f"removing {len(plan.stale.remove)} file{'s' * (len(plan.stale.remove) != 1)} "
+        if stale.remove:
+            progress.step(f"removing {len(stale.remove)} file{'s' * (len(stale.remove) != 1)} "
                           "an older bundle left")
-            out = board.exec(REMOVE_SCRIPT.format(paths=["/" + p for p in plan.stale.remove]),
+            out = board.exec(REMOVE_SCRIPT.format(paths=["/" + p for p in stale.remove]),
                              "removing the files an older bundle left")
             result.removed = printed_paths(out)
-            board.exec(RMDIR_SCRIPT.format(dirs=["/" + d for d in folders_of(plan.stale.remove)]),
+            board.exec(RMDIR_SCRIPT.format(dirs=["/" + d for d in folders_of(stale.remove)]),
                        "removing emptied folders")
         final = Manifest(board_id, {f.path: f.sha256 for f in plan.files})
         if old is None or old.to_bytes() != final.to_bytes():
@@ -353,8 +353,8 @@ def _old_firmware_whole(exc: FlashError) -> bool:
 
 
 def _give_back(board: BoardConsole, exc: FlashError) -> None:
-    """A flash that stopped after the hold with the old firmware whole restarts that firmware, so
-    the board is as it was (not waiting in its REPL); the error says which happened."""
+    """A flash that stopped with the old firmware whole restarts that firmware (ending the hold
+    first, if any), so the board is as it was, not waiting in its REPL; the error says which."""
     try:
         board.exec(REMOVE_SCRIPT.format(paths=["/" + HOLD]), "ending the flash hold")
         board.reset()

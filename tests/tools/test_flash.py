@@ -220,12 +220,15 @@ def test_a_full_filesystem_leaves_the_old_firmware(tmp_path: Path, build_dir: Pa
     flash_dir.mkdir()
     (flash_dir / "main.py").write_text("print('old firmware')\n")
     with EmulatedBoard(flash_dir, capacity=16 * 1024, host=dead_host) as small:
+        mark = small.console_mark()
         with pytest.raises(BoardFullError) as caught:
             flash(BOARD, port=small.port, backend="host", host=small.host, build_dir=build_dir, reset=False)
         message = str(caught.value)
         assert message.startswith(f"the filesystem of {BOARD} is full (OSError 28, no space left) while writing /lib/")
-        assert message.endswith(".new; nothing was replaced: the old firmware is intact")
+        assert message.endswith(".new; nothing was replaced: the old firmware is intact; "
+                                "the board was restarted with its old firmware")
         assert "\n" not in message
+        assert small.wait_for_output(b"old firmware", timeout=10, since=mark), "its main.py runs again"
     assert bundle_snapshot(flash_dir) == {"main.py": b"print('old firmware')\n"}, "old firmware kept"
     assert sorted(p.name for p in flash_dir.rglob("*") if p.is_file()) == ["main.py"]
 
