@@ -22,6 +22,8 @@ from citynerve.flash_errors import BoardFullError, CopyError, FlashError, NoRepl
 CHUNK = 1024  # data bytes per exec: 1368 base64 characters, well inside any raw REPL buffer
 TMP_SUFFIX = ".new"
 HOLD_REOPEN_S = 20.0  # a board's USB port comes back within a few seconds of a hard reset
+SETTLE_QUIET_S = 0.3  # after the hold's reset: this long without output means the boot is done
+SETTLE_MAX_S = 3.0
 _URL_PORTS = ("socket://", "rfc2217://", "loop://")
 
 
@@ -163,7 +165,7 @@ class BoardConsole:
         self._connect()
         return self
 
-    def _connect(self) -> None:
+    def _connect(self, *, settle: bool = False) -> None:
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
@@ -178,6 +180,8 @@ class BoardConsole:
             raise PortError(f"cannot open {self.port}: another program holds it (the gateway, screen, "
                             "minicom?) or you may not use it (add yourself to the dialout group)",
                             board=self.board, port=self.port) from None
+        if settle:
+            self._settle()
         try:
             with _quiet():
                 self.transport.enter_raw_repl(soft_reset=True, timeout_overall=self.repl_timeout)
@@ -186,6 +190,25 @@ class BoardConsole:
             raise NoReplError(f"the board on {self.port} does not answer as a MicroPython REPL within "
                               f"{self.repl_timeout:g} s: check it runs MicroPython and that nothing else "
                               "uses the port", board=self.board, port=self.port) from None
+
+    def _settle(self) -> None:
+        """Listen until the board has been quiet for SETTLE_QUIET_S (at most SETTLE_MAX_S): a board
+        that is still booting (an ESP32's boot loader, then main.py finding the hold) must not get
+        the Ctrl-C that enters the raw REPL before main.py has marked the hold."""
+        import time
+
+        serial = self.transport.serial
+        saved, serial.timeout = serial.timeout, SETTLE_QUIET_S
+        end = time.monotonic() + SETTLE_MAX_S
+        try:
+            while time.monotonic() < end:
+                if not serial.read(256):
+                    return
+        except Exception:  # noqa: BLE001 - the port went away again: entering the REPL will say so
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                serial.timeout = saved
 
     def hard_reset_and_reconnect(self, *, reopen_s: float = HOLD_REOPEN_S) -> None:
         """machine.reset(), then the port again (a USB board's port goes away and comes back)."""
@@ -204,7 +227,7 @@ class BoardConsole:
         deadline = time.monotonic() + reopen_s
         while True:
             try:
-                self._connect()
+                self._connect(settle=True)
                 return
             except (PortError, NoReplError):
                 if time.monotonic() > deadline:
