@@ -158,8 +158,8 @@ class _RecentRecords:
         self._readings = 0
 
 
-# ~3 MB at most: a second or two of a busy junction's readings, or a 10 s interval of a quiet one.
-RECENT_RECORDS = _RecentRecords(max_readings=16_384)
+# ~6 MB at most: a 10 s interval of a busy junction, a fraction of a second at the bench's rate.
+RECENT_RECORDS = _RecentRecords(max_readings=32_768)
 
 
 def pack_readings(node: str, node_boot: int, measurements: Iterable[Sequence[Any]],
