@@ -3,7 +3,10 @@ the drivers its devices use, so a board's flash holds nothing it does not run (t
 cnb1 encoder, the harness's host HAL and test generators stay off it).
 
 The closure is computed from the sources' import statements (ast), including imports inside
-functions (drivers are imported lazily), restricted to protocols/ and firmware/.
+functions (drivers are imported lazily), restricted to protocols/ and firmware/. A package
+__init__.py that holds nothing but its docstring stays off the board: MicroPython imports a
+folder without one as a namespace package (tests/test_firmware_bundle.py imports every bundle on
+the VM that way).
 """
 
 from __future__ import annotations
@@ -39,9 +42,15 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _docstring_only(path: Path) -> bool:
+    body = ast.parse(path.read_text(), str(path)).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
 def closure(modules: list[str], root: Path = REPO_ROOT, *, exclude: set[str] = frozenset()) -> list[Path]:
     """Source files of `modules` and everything they import from protocols/ and firmware/,
-    package __init__ files included, leaving out modules named in `exclude`."""
+    package __init__ files included unless they are only a docstring, leaving out modules named
+    in `exclude`."""
     seen: dict[str, Path] = {}
     todo = list(modules)
     while todo:
@@ -55,7 +64,7 @@ def closure(modules: list[str], root: Path = REPO_ROOT, *, exclude: set[str] = f
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
         todo.extend(_imports(path))
-    return sorted(set(seen.values()))
+    return sorted(p for p in set(seen.values()) if not (p.name == "__init__.py" and _docstring_only(p)))
 
 
 def board_modules(config: dict[str, Any], *, backend: str = "machine") -> list[str]:

@@ -28,10 +28,6 @@ class GatewayClock:
             self._best_age = 0
             self.offset = utc_ms + rtt // 2 - now
 
-    @property
-    def synced(self):
-        return self.offset is not None
-
     def utc_ms(self, tick_ms):
         return None if self.offset is None else tick_ms + self.offset
 

@@ -77,10 +77,10 @@ async def _device(op, args, devices):
 
 async def _reboot(args, node, devices, link_client):
     if args.get("clear_safe_mode") is True:
-        from firmware.safe_boot import BOOTLOG
+        from firmware.safe_boot import clear
 
         try:
-            node.hal.write_file(BOOTLOG, b'{"unhealthy": 0, "reason": ""}')
+            clear(node.hal)
         except Exception as exc:  # noqa: BLE001 - the reboot still goes ahead
             return False, "reboot: cannot clear the crash-loop record (%s); not rebooting" % exc, None
     link_client.request_reset("command")

@@ -22,17 +22,8 @@ ticks_add = time.ticks_add
 _FRAMING = {"8N1": (None, 1), "8E1": (0, 1), "8O1": (1, 1), "8N2": (None, 2)}
 
 
-class Flag:
-    """asyncio.ThreadSafeFlag: safe to set from a hard interrupt handler."""
-
-    def __init__(self):
-        self._flag = asyncio.ThreadSafeFlag()
-
-    def set(self):
-        self._flag.set()
-
-    async def wait(self):
-        await self._flag.wait()
+# Safe to set from a hard interrupt handler; wait() clears it, as the HAL's Flag does.
+Flag = asyncio.ThreadSafeFlag
 
 
 class Uart:
@@ -125,12 +116,8 @@ class InputPins:
         return irq
 
 
-class OutputPin:
-    def __init__(self, pin):
-        self._pin = Pin(pin, Pin.OUT)
-
-    def value(self, v=None):
-        return self._pin.value() if v is None else self._pin.value(v)
+def OutputPin(pin):  # noqa: N802 - the HAL's name; machine.Pin's value() is the HAL's value()
+    return Pin(pin, Pin.OUT)
 
 
 class Watchdog:
@@ -142,24 +129,14 @@ class Watchdog:
         self._wdt.feed()
 
 
-def unique_id():
-    return machine.unique_id()
+unique_id = machine.unique_id
+mem_free = gc.mem_free
+mem_alloc = gc.mem_alloc
+collect = gc.collect
 
 
 def random_u32():
     return int.from_bytes(os.urandom(4), "big")
-
-
-def mem_free():
-    return gc.mem_free()
-
-
-def mem_alloc():
-    return gc.mem_alloc()
-
-
-def collect():
-    gc.collect()
 
 
 def read_file(path):

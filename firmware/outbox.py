@@ -11,6 +11,8 @@ an event and False for a sample: events must reach the gateway within tens of ms
 flushes shortly after one arrives rather than polling.
 """
 
+from protocols.ticks import ticks_diff
+
 
 class Outbox:
     def __init__(self, max_samples=48, max_events=48):
@@ -33,8 +35,6 @@ class Outbox:
         if len(self._m) >= 3 * self.max_samples:
             self.dropped += 1
             return False
-        from protocols.ticks import ticks_diff
-
         dt = ticks_diff(tick_ms, self._base(tick_ms))
         if fault:
             self._f.extend((len(self._m) // 3, fault, detail))
@@ -48,8 +48,6 @@ class Outbox:
         if len(self._e) >= 3 * self.max_events:
             self.dropped += 1
             return False
-        from protocols.ticks import ticks_diff
-
         self._e.extend((ticks_diff(tick_ms, self._base(tick_ms)), code, param))
         if self.on_add is not None:
             self.on_add(True)

@@ -53,5 +53,8 @@ class BootGuard:
         self.unhealthy_boots = 0
         self._write({"unhealthy": 0, "reason": ""})
 
-    def clear(self):
-        self._write({"unhealthy": 0, "reason": ""})
+
+def clear(hal):
+    """Forget the crash-loop record (the "reboot" command's clear_safe_mode); unlike a BootGuard's
+    own writes, a failure raises (OSError), so the command can say so."""
+    hal.write_file(BOOTLOG, b'{"unhealthy": 0, "reason": ""}')

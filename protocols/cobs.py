@@ -10,8 +10,8 @@ PyPI package, a run of exactly 254 non-zero bytes at the very end is not followe
 `encode(bytes(range(1, 255)))` is 0xFF and the 254 bytes. The decoder also accepts that trailing
 0x01, which changes nothing.
 
-The encoder and decoder work group by group (`bytes.find` for the next zero, slice copies) rather
-than byte by byte, which matters on MicroPython.
+The encoder and decoder work group by group (`bytes.find` for the next zero, memoryview copies)
+rather than byte by byte, which matters on MicroPython.
 """
 
 from protocols.errors import ProtocolError
@@ -23,14 +23,6 @@ _MAX_RUN = 254
 class CobsError(ProtocolError):
     """Bytes that are not a valid COBS encoding; `offset` is where in the encoded input."""
 
-    def __init__(self, reason, offset=None):
-        # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks
-        # ("type object 'ValueError' has no attribute '__init__'"); super() past it works on both.
-        self.reason = reason
-        self.offset = offset
-        super(ProtocolError, self).__init__(
-            reason if offset is None else "%s (at byte %d)" % (reason, offset))
-
 
 def max_encoded_length(n):
     """Upper bound on len(encode(data)) for len(data) == n: one code byte per started 254-byte run."""
@@ -39,44 +31,26 @@ def max_encoded_length(n):
 
 def encode(data):
     """COBS encoding of `data` (bytes-like); the result has no zero byte and no delimiter."""
-    out = bytearray()
-    encode_into(data, out)
-    return bytes(out)
+    if isinstance(data, memoryview):
+        data = bytes(data)  # memoryview has no find() on MicroPython
+    room = bytearray(max_encoded_length(len(data)))
+    return bytes(memoryview(room)[:encode_to(data, room)])
 
 
 def encode_into(data, out):
     """Append the COBS encoding of `data` to the bytearray `out` (no delimiter); returns `out`."""
     if isinstance(data, memoryview):
-        data = bytes(data)  # memoryview has no find() on MicroPython
-    n = len(data)
-    pos = 0
-    full_run_last = False  # the previous group was a 0xFF group that ended exactly at `pos`
-    while True:
-        zero = data.find(b"\x00", pos)
-        end = n if zero < 0 else zero
-        while end - pos >= _MAX_RUN:
-            out.append(0xFF)
-            out += data[pos:pos + _MAX_RUN]
-            pos += _MAX_RUN
-            full_run_last = True
-        if zero < 0:
-            # The last group carries the conceptual trailing zero, unless a 0xFF group already
-            # ended exactly at the end of the data (the 254-byte run rule, above).
-            if pos < n or not full_run_last:
-                out.append(n - pos + 1)
-                out += data[pos:n]
-            return out
-        out.append(zero - pos + 1)
-        out += data[pos:zero]
-        pos = zero + 1
-        full_run_last = False
+        data = bytes(data)
+    room = bytearray(max_encoded_length(len(data)))
+    out += memoryview(room)[:encode_to(data, room)]
+    return out
 
 
 def encode_to(data, dst, at=0):
     """Write the COBS encoding of `data` (bytes or bytearray) into `dst` (a bytearray) from index
     `at`; `dst` must have max_encoded_length(len(data)) bytes of room there. Returns the index just
-    past the encoding. Unlike encode_into it allocates nothing per group (runs are copied through a
-    memoryview into room the caller sized once), which is what a node's frame encoder wants."""
+    past the encoding. It allocates nothing per group (runs are copied through a memoryview into
+    room the caller sized once): encode, encode_into and the link frame encoder all use it."""
     src = memoryview(data)
     n = len(data)
     pos = 0

@@ -13,6 +13,8 @@ class ProtocolError(ValueError):
         self.reason = reason
         self.offset = offset
         # super() rather than ValueError.__init__: MicroPython's built-in classes have no __init__.
+        # Subclasses inherit this, or call ProtocolError.__init__(self, ...) explicitly: both work
+        # on MicroPython 1.27 (tests/portable run the error vectors there).
         if offset is None:
             super().__init__(reason)
         else:

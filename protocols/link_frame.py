@@ -98,11 +98,7 @@ class LinkFrameError(ProtocolError):
     an oversize candidate, the length seen when it was reported)."""
 
     def __init__(self, kind, reason, offset, length):
-        # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks;
-        # super() past it works on both runtimes.
-        self.reason = reason
-        self.offset = offset
-        super(ProtocolError, self).__init__("%s (at byte %d)" % (reason, offset))
+        ProtocolError.__init__(self, reason, offset)
         self.kind = kind
         self.length = length
 
@@ -124,9 +120,6 @@ class LinkFrame:
             and self.seq == other.seq
             and self.payload == other.payload
         )
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
     def __repr__(self):
         return "LinkFrame(%s, seq=%d, payload=%d bytes)" % (

@@ -76,15 +76,6 @@ class ReadPlan:
         """[(read index, offset in that read's values, count), ...] for wanted entry `index`."""
         return self._segments[index]
 
-    def locate(self, table, address):
-        """(read index, offset) of one register, from the first read that covers it."""
-        table = _table_name(table, "locate")
-        for i in range(len(self.reads)):
-            r = self.reads[i]
-            if r.table == table and r.start <= address < r.start + r.count:
-                return (i, address - r.start)
-        raise KeyError("%s %d is in no planned read" % (table, address))
-
     def extract(self, responses):
         """For each wanted entry, its values from `responses` (one list of values per read, as
         parse_response returns them, or None for a read that failed); None where any read the

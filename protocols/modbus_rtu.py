@@ -64,20 +64,8 @@ READS = (0x01, 0x02, 0x03, 0x04)
 ECHOES = (0x05, 0x06, 0x0F, 0x10)
 
 
-def _init_error(self, reason, offset):
-    # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks
-    # ("type object 'ValueError' has no attribute '__init__'"); super() past it works on both.
-    self.reason = reason
-    self.offset = offset
-    super(ProtocolError, self).__init__(
-        reason if offset is None else "%s (at byte %d)" % (reason, offset))
-
-
 class ModbusFrameError(ProtocolError):
     """Malformed bytes, or a response that does not answer its request."""
-
-    def __init__(self, reason, offset=None):
-        _init_error(self, reason, offset)
 
 
 class ModbusRequestError(ProtocolError):
@@ -86,7 +74,7 @@ class ModbusRequestError(ProtocolError):
     are set when parse_request raised it, so an emulator can call build_exception directly."""
 
     def __init__(self, reason, code=ILLEGAL_DATA_VALUE, offset=None, unit=None, function=None):
-        _init_error(self, reason, offset)
+        ProtocolError.__init__(self, reason, offset)
         self.code = code
         self.unit = unit
         self.function = function
@@ -121,10 +109,6 @@ class ModbusRequest:
         self.quantity = quantity
         self.values = values
         self.write_address = write_address
-
-    @property
-    def value(self):
-        return self.values[0] if self.values else None
 
     def __eq__(self, other):
         return isinstance(other, ModbusRequest) and self._key() == other._key()

@@ -42,14 +42,6 @@ _pack = struct.pack
 class MsgpackError(ProtocolError):
     """Bytes that are not a valid message in the supported msgpack subset."""
 
-    def __init__(self, reason, offset=None):
-        # Not ProtocolError.__init__: it calls ValueError.__init__, which MicroPython 1.27 lacks
-        # ("type object 'ValueError' has no attribute '__init__'"); super() past it works on both.
-        self.reason = reason
-        self.offset = offset
-        super(ProtocolError, self).__init__(
-            reason if offset is None else "%s (at byte %d)" % (reason, offset))
-
 
 # ---------------------------------------------------------------------------------------------
 # Packing
@@ -64,13 +56,18 @@ def packb(obj, use_single_float=False, max_depth=DEFAULT_MAX_DEPTH):
 
 
 def _pack_int(out, n):
+    # One- and two-byte payloads are appended byte by byte: struct.pack would allocate a bytes
+    # object for each (on MicroPython, most of what packing a node's DATA message allocated).
     if n >= 0:
         if n < 0x80:
             out.append(n)
         elif n < 0x100:
-            out += _pack(">BB", 0xCC, n)
+            out.append(0xCC)
+            out.append(n)
         elif n < 0x10000:
-            out += _pack(">BH", 0xCD, n)
+            out.append(0xCD)
+            out.append(n >> 8)
+            out.append(n & 0xFF)
         elif n < 0x100000000:
             out += _pack(">BI", 0xCE, n)
         elif n < 0x10000000000000000:
@@ -80,9 +77,12 @@ def _pack_int(out, n):
     elif n >= -32:
         out.append(n & 0xFF)
     elif n >= -0x80:
-        out += _pack(">Bb", 0xD0, n)
+        out.append(0xD0)
+        out.append(n & 0xFF)
     elif n >= -0x8000:
-        out += _pack(">Bh", 0xD1, n)
+        out.append(0xD1)
+        out.append((n >> 8) & 0xFF)
+        out.append(n & 0xFF)
     elif n >= -0x80000000:
         out += _pack(">Bi", 0xD2, n)
     elif n >= -0x8000000000000000:
@@ -104,9 +104,12 @@ def _pack_len(out, n, fix_base, fix_limit, op8, op16, op32, what):
     if n < fix_limit:
         out.append(fix_base | n)
     elif op8 and n < 0x100:
-        out += _pack(">BB", op8, n)
+        out.append(op8)
+        out.append(n)
     elif n < 0x10000:
-        out += _pack(">BH", op16, n)
+        out.append(op16)
+        out.append(n >> 8)
+        out.append(n & 0xFF)
     elif n < 0x100000000:
         out += _pack(">BI", op32, n)
     else:
@@ -144,23 +147,18 @@ def _pack_into(out, obj, single, depth):
         raw = bytes(obj)
         _pack_len(out, len(raw), 0, 0, 0xC4, 0xC5, 0xC6, "bin")
         out += raw
-    # Subclasses (IntEnum, OrderedDict, ...) go the slow way, as msgpack's non-strict mode does.
-    elif isinstance(obj, bool):
-        out.append(0xC3 if obj else 0xC2)
-    elif isinstance(obj, int):
-        _pack_int(out, int(obj))
-    elif isinstance(obj, float):
-        _pack_float(out, float(obj), single)
-    elif isinstance(obj, str):
-        _pack_into(out, str(obj), single, depth)
-    elif isinstance(obj, (bytes, bytearray)):
-        _pack_into(out, bytes(obj), single, depth)
-    elif isinstance(obj, (list, tuple)):
-        _pack_into(out, list(obj), single, depth)
-    elif isinstance(obj, dict):
-        _pack_into(out, dict(obj), single, depth)
     else:
+        # Subclasses (IntEnum, OrderedDict, a namedtuple, ...) go the slow way, as msgpack's
+        # non-strict mode does: converted to their base type, then packed.
+        for bases, convert in _BASES:
+            if isinstance(obj, bases):
+                _pack_into(out, convert(obj), single, depth)
+                return
         raise TypeError("msgpack_lite cannot pack a %s" % t.__name__)
+
+
+_BASES = ((int, int), (float, float), (str, str), ((bytes, bytearray), bytes), ((list, tuple), list),
+          (dict, dict))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,8 +80,10 @@ class ModbusDevice:
                 self.config_error("registers", str(exc))
         return good
 
-    async def read(self, plan):
-        return await self.master.read_plan(self.unit, plan, any_address=self.any_address)
+    def read(self, plan):
+        """The master's read_plan coroutine for `plan` at this unit (await it): returned, not
+        awaited here, so a poll allocates one coroutine frame fewer."""
+        return self.master.read_plan(self.unit, plan, any_address=self.any_address)
 
     def poll_failed(self, result, tick_ms):
         """Count a failed poll, keep its one-sentence reason, publish it on the poll stream."""
@@ -107,9 +109,6 @@ class ModbusDevice:
     def next_delay_ms(self, due):
         """Milliseconds until the next poll (subclasses may poll earlier, e.g. at a boundary)."""
         return self.hal.ticks_diff(due, self.hal.ticks_ms())
-
-    async def poll(self):
-        raise NotImplementedError
 
     async def run(self):
         if not self.ready:

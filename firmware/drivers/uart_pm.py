@@ -100,28 +100,8 @@ class UartPmDriver:
         self._ack_event = None
         self._lock = asyncio.Lock()
 
-    # -- the protocol hooks (see the class doc) ----------------------------------------------
-
-    def _new_parser(self):
-        raise NotImplementedError
-
-    def _classify(self, item):
-        raise NotImplementedError
-
-    def _cmd_mode(self, mode):
-        raise NotImplementedError
-
-    def _cmd_poll(self):
-        raise NotImplementedError
-
-    def _cmd_sleep(self):
-        raise NotImplementedError
-
-    def _cmd_wake(self):
-        raise NotImplementedError
-
-    def _ack_is(self, item, op, arg):
-        raise NotImplementedError
+    # The protocol hooks are the subclass's (see the class doc); no stubs here: a board carries
+    # this module, and a missing hook fails as loudly with AttributeError.
 
     # -- tasks -------------------------------------------------------------------------------
 

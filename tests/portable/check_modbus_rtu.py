@@ -195,11 +195,6 @@ def check_plan_extract(case):
     expect_equal(_plan(case).extract(case["responses"]), case["expect"], "extracted values")
 
 
-def check_plan_locate(case):
-    got = _plan(case).locate(case["table"], case["address"])
-    expect_equal(list(got), case["expect"], "located register")
-
-
 def check_plan_requests(case):
     plan = _plan(case)
     got = [r.request(case["unit"], case["any_address"]) for r in plan.reads]
@@ -235,7 +230,6 @@ CHECKS = {
     "plan": check_plan,
     "plan_error": check_plan_error,
     "plan_extract": check_plan_extract,
-    "plan_locate": check_plan_locate,
     "plan_requests": check_plan_requests,
     "plan_bus_time": check_plan_bus_time,
 }

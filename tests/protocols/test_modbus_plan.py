@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from protocols import modbus_rtu as rtu
 from protocols import modbus_server as server
-from protocols.modbus_plan import TABLES, ModbusPlanError, plan_bus_time_us, plan_reads
+from protocols.modbus_plan import TABLES, plan_bus_time_us, plan_reads
 from tests.protocols.fuzz import fuzz_settings
 
 EXAMPLES = 300
@@ -174,16 +174,6 @@ def test_bus_time_matches_the_frames(wanted: list, baud: int, framing: str, turn
         total += rtu.transaction_time_us(len(req), len(reply), baud, framing, turnaround)
     assert plan_bus_time_us(plan, baud, framing, turnaround) == pytest.approx(total)
     assert plan_bus_time_us(plan.reads, baud, framing, turnaround) == pytest.approx(total)
-
-
-def test_locate_and_unknown_register() -> None:
-    plan = plan_reads([("input", 0, 1), ("input", 3, 1)], max_gap=2)
-    assert plan.locate("input", 2) == (0, 2)
-    assert plan.locate(4, 3) == (0, 3)
-    with pytest.raises(KeyError):
-        plan.locate("input", 4)
-    with pytest.raises(ModbusPlanError):
-        plan.locate("register", 0)
 
 
 def test_empty_plan() -> None:
