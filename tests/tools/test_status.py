@@ -96,3 +96,40 @@ def test_expected_config_hash_is_what_flash_writes(tmp_path: Path) -> None:
     raw = config_bytes(board_config(inventory, "air-pico", load_profiles()))
     assert hashes["air-pico"] == hashlib.sha256(raw).hexdigest()[:16]
     assert set(hashes) >= {"air-pico", "cab-pico"}
+
+
+def retained(broker: Mosquitto, topic: str, payload: bytes) -> None:
+    import paho.mqtt.client as paho
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-retainer")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def test_the_live_view_says_when_the_broker_goes_away(tmp_path: Path) -> None:
+    """A live view whose broker stops ends with one sentence and exit 2, no traceback."""
+    from hil.broker import mosquitto_executable
+
+    if mosquitto_executable() is None:
+        pytest.skip("mosquitto not installed")
+    with Mosquitto() as broker:
+        config = write_boards(tmp_path / "boards.toml", broker=broker.url, spool=tmp_path / "spool.sqlite",
+                              boards=[{"id": "air", "link": {"transport": "tcp", "gateway_port": 47999}}])
+        # The gateway's status is retained: a live view that subscribes later still gets it.
+        retained(broker, "citynerve/v1/test-site/gw-test/status",
+                 b'{"state": "online", "gateway": "gw-test", "site": "test-site"}')
+        async with citynerve("status", "--config", str(config), "--redraws", "100") as status:
+            async with asyncio.timeout(20):  # the first redraw: it is subscribed and drawing
+                assert status.proc.stdout is not None
+                first = await status.proc.stdout.readline()
+            assert first.startswith(b"--- 20"), first
+            broker.__exit__(None, None, None)
+            code, lines, err = await status.finish()
+    assert code == 2, (lines, err)
+    assert err.strip().startswith(f"status: MQTT broker {broker.url}: the connection was lost ("), err
+    assert "Traceback" not in err
