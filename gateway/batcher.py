@@ -14,10 +14,12 @@ Events: "an event reaches the broker within event_window_ms of when it happened,
 as that allows". The node's own pipeline (debounce, link, spool: some 50-90 ms from a loop edge)
 is part of the window rather than added to it, as it was when the window began at the frame's
 arrival; events that arrive together still share a batch. note() gets no payload, so the event
-times are read back from the spool once per group, when its first frame is noted (later frames of
-a group hold later events; a resent older one waits at most the window from its group's first
-arrival). A node clock ahead of the gateway's cannot hold an event back: the window never starts
-later than the oldest frame's arrival.
+times are read back from the spool as frames are noted, for the first _READ_FRAMES frames of a
+group (a node's drivers reach the gateway with different delays: a loop edge's event some 75 ms
+after its edge, a phase event some 10 ms after its poll, so a later frame may hold an older
+event); beyond those (a burst, which the window seals soon) the cost stays bounded and an event
+waits at most the window from its group's first arrival. A node clock ahead of the gateway's
+cannot hold an event back: the window never starts later than the oldest frame's arrival.
 
 A due group is sealed whole: every pending frame of that node and kind, split into batches per
 node boot and of at most batch_max_readings readings (a frame is never split).
@@ -63,6 +65,7 @@ __all__ = ["Batcher", "BatcherCounters", "BatcherSettings", "DeadbandFilter"]
 log = logging.getLogger("gateway.batcher")
 
 _SEAL_ATTEMPTS = 3
+_READ_FRAMES = 8  # event times are read for this many frames of a group (see the module doc)
 _RETRY_MS = 1000
 
 
@@ -137,7 +140,7 @@ class _Group:
     frames: int = 0
     readings: int = 0
     event_ms: int | None = None  # events: the oldest event's own time, once read
-    unread: bool = False  # events: the event times are not read yet
+    unread: bool = False  # events: a frame noted whose event times are not read yet
     not_before: int = 0  # after a failed seal: no retry before this
 
 
@@ -186,14 +189,15 @@ class Batcher:
         key = (stored.node, stored.kind)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(stored.received_ms, unread=stored.kind == "e")
+            group = self._groups[key] = _Group(stored.received_ms)
         group.first_ms = min(group.first_ms, stored.received_ms)
+        group.unread = group.unread or (stored.kind == "e" and group.frames < _READ_FRAMES)
         group.frames += 1
         group.readings += stored.readings
         self._wake.set()
 
     async def _read_event_times(self) -> None:
-        """Learn the oldest event time of every new event group (one spool read each)."""
+        """Learn the oldest event time of every event group with newly noted frames."""
         for key, group in list(self._groups.items()):
             if not group.unread:
                 continue

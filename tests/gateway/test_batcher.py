@@ -199,8 +199,16 @@ async def test_the_event_window_counts_from_the_events_own_time(fx: Fixture) -> 
     await fx.add(b, events=[Event(T0 + 90, 1, 2)], received=95)
     (sealed,) = await b.flush_due(T0 + 100)
     assert [e["t"] - T0 for e in decode_batch(sealed.payload)["events"]] == [0, 40, 90]
+    # An older event in a later frame (a slower driver of the same node) brings the batch forward.
+    await fx.add(b, events=[Event(T0 + 150, 1, 2)], received=160)
+    assert await b.flush_due(T0 + 170) == [] and b.next_due_ms() == T0 + 250
+    await fx.add(b, events=[Event(T0 + 120, 82, 1)], received=195)
+    assert await b.flush_due(T0 + 219) == []
+    assert b.next_due_ms() == T0 + 220
+    (sealed,) = await b.flush_due(T0 + 220)
+    assert [e["t"] - T0 for e in decode_batch(sealed.payload)["events"]] == [120, 150]
     # An event already older than the window when it arrives (a resend) goes at once.
-    await fx.add(b, events=[Event(T0 + 200, 82, 3)], received=450)
+    await fx.add(b, events=[Event(T0 + 300, 82, 3)], received=450)
     assert len(await b.flush_due(T0 + 450)) == 1
     # A node clock ahead of the gateway's cannot hold an event back: the arrival bounds it.
     await fx.add(b, events=[Event(T0 + 5_000, 82, 4)], received=500)
