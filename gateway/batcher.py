@@ -5,7 +5,8 @@ committed (and by `load_pending()` for frames a previous run left). A group is d
 
     events        ("e")  event_window_ms after its oldest event happened (default 100 ms): the
                          window counts from the event's own UTC time, so it is at once for an
-                         event already that old when its frame arrives
+                         event already that old when its frame arrives; a backlog (events
+                         _BACKLOG_MS or more old on arrival) waits the window from its arrival
     measurements  ("m")  measurement_interval_s after its oldest frame arrived (default 10 s),
                          or at once when it holds batch_max_readings readings
     health        ("h")  at once; each node HEALTH frame is its own JSON message
@@ -19,7 +20,11 @@ group (a node's drivers reach the gateway with different delays: a loop edge's e
 after its edge, a phase event some 10 ms after its poll, so a later frame may hold an older
 event); beyond those (a burst, which the window seals soon) the cost stays bounded and an event
 waits at most the window from its group's first arrival. A node clock ahead of the gateway's
-cannot hold an event back: the window never starts later than the oldest frame's arrival.
+cannot hold an event back: the window never starts later than the oldest frame's arrival. Events
+a second or more old when they arrive are a backlog (resent after an outage; or a feed whose
+ticks map far into the past, as bench/gateway_throughput.py's do): their latency is lost already,
+and sealing them at once would cut a burst into a batch per frame (1.5 ms of gateway CPU each,
++24 % CPU per reading in that bench), so they batch by arrival as before.
 
 A due group is sealed whole: every pending frame of that node and kind, split into batches per
 node boot and of at most batch_max_readings readings (a frame is never split).
@@ -67,6 +72,7 @@ log = logging.getLogger("gateway.batcher")
 _SEAL_ATTEMPTS = 3
 _READ_FRAMES = 8  # event times are read for this many frames of a group (see the module doc)
 _RETRY_MS = 1000
+_BACKLOG_MS = 1000  # events this old on arrival batch by arrival (see the module doc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,7 +237,9 @@ class Batcher:
 
     def _due_ms(self, kind: str, group: _Group) -> int:
         if kind == "e":
-            start = group.first_ms if group.event_ms is None else min(group.first_ms, group.event_ms)
+            start = group.first_ms
+            if group.event_ms is not None and 0 < start - group.event_ms < _BACKLOG_MS:
+                start = group.event_ms
             return max(start + self.settings.event_window_ms, group.not_before)
         if kind == "m":
             if group.readings >= self.settings.max_readings:
