@@ -72,8 +72,7 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-_CLOCK_MONOTONIC = 1  # linux/time.h; time.monotonic() and the event loop's clock read it
-_TFD_TIMER_ABSTIME = 1
+_TFD_TIMER_ABSTIME = 1  # linux/timerfd.h
 
 
 def _libc_timerfd() -> Any:
@@ -106,7 +105,8 @@ class _DeliveryTimer:
         self._handle: asyncio.TimerHandle | None = None
         self._fd = -1
         if _LIBC is not None:
-            fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+            # CLOCK_MONOTONIC: the clock of time.monotonic(), which the event loop's time() reads.
+            fd = _LIBC.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
             if fd >= 0:
                 self._fd = fd
                 loop.add_reader(fd, self._fired)

@@ -14,7 +14,7 @@ import pytest
 import serial
 
 from hil.faults import FaultEvent, FaultSettings, Framing, Line, WireConfigError
-from hil.wire import VirtualWire, WireStateError, WireThread
+from hil.wire import VirtualWire, WireActivity, WireStateError, WireThread
 
 ALL_BYTES = bytes(range(256))
 
@@ -401,6 +401,44 @@ async def test_async_wire_closes_cleanly_and_refuses_use_after() -> None:
     assert open_fds() == fds and len(asyncio.all_tasks()) == tasks
     with pytest.raises(WireStateError):
         _ = wire.a_path
+
+
+async def test_activity_record_shows_every_chunk_never_early_and_timers_close() -> None:
+    fds = open_fds()
+    record: list[WireActivity] = []
+    frame = bytes.fromhex("01 03 00 00 00 0A C5 CD")
+    async with VirtualWire(baud=115200, framing="8E1", activity=record) as wire:
+        a = os.open(wire.a_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        b = os.open(wire.b_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            got = bytearray()
+            arrived = asyncio.Event()
+
+            def readable() -> None:
+                got.extend(os.read(b, 4096))
+                if len(got) >= 2 * len(frame):
+                    arrived.set()
+            asyncio.get_running_loop().add_reader(b, readable)
+            os.write(a, frame)
+            await wire.wait_idle()
+            os.write(a, frame)  # a second frame after a silence
+            await asyncio.wait_for(arrived.wait(), 5)
+            asyncio.get_running_loop().remove_reader(b)
+        finally:
+            os.close(a)
+            os.close(b)
+    assert bytes(got) == 2 * frame
+    sent = [r for r in record if r.kind == "sent"]
+    received = [r for r in record if r.kind == "received"]
+    assert {r.direction for r in record} == {"a_to_b"}
+    assert sum(r.size for r in sent) == sum(r.size for r in received) == 2 * len(frame)
+    char = 11 / 115200
+    # Each byte is handed over when its character has finished, never before; the frame's last
+    # byte is due exactly len(frame) characters after the wire read the frame.
+    assert all(r.t >= r.due for r in received)
+    first_end = next(r for r in received if r.due >= sent[0].t + len(frame) * char - 1e-9)
+    assert first_end.due == pytest.approx(sent[0].t + len(frame) * char)
+    assert open_fds() == fds  # the ptys and the delivery timers are closed
 
 
 async def test_pymodbus_client_and_server_read_registers_through_the_wire() -> None:
