@@ -23,6 +23,10 @@ Columns, all from the same run:
   is measured as working is, on a VM that imports only the host HAL and does the same I/O as the
   node (the same connections, the same reads and writes per second, against an echo server).
   firmware = working - bridge: the heap the firmware itself needs between steps. Target: <= 32 KB.
+- steady: firmware again, from the live heap the host HAL's probe samples (after a collection,
+  every 100 ms) from 10 s after boot: the running node without the boot's transients (a module
+  being loaded is live while it loads; frozen modules would not be). Both are real on a board
+  that loads .mpy files: the boot peak is the one a heap must fit.
 - seen: the largest gc.mem_alloc() without a collection (garbage included), sampled every 20 ms
   by the host HAL's heap probe, minus code. On a board the collector runs when the heap is full
   (or at gc.threshold), so this is not a board figure: it shows how much garbage accumulates
@@ -60,7 +64,9 @@ from protocols.link_frame import HEALTH  # noqa: E402
 SIZE_TARGET = 64 * 1024
 HEAP_TARGET = 32 * 1024
 PROBE_MS = 20
-_PROBE_RE = re.compile(r"heap probe: seen_peak=(\d+) allocated=(\d+) ms=(\d+) reads=(\d+) writes=(\d+)")
+_PROBE_RE = re.compile(r"heap probe: seen_peak=(\d+) allocated=(\d+) ms=(\d+) reads=(\d+) writes=(\d+) "
+                       r"steady_live=(-?\d+)")
+SETTLE_S = 10
 
 
 def bundle_size(config: dict, build: Path) -> tuple[int, int]:
@@ -118,7 +124,7 @@ class NodeRun:
 
     def __init__(self, live: int, probe: tuple[int, ...] | None, readings: int, connections: int) -> None:
         self.live = live  # peak live heap (HEALTH heap_peak)
-        self.probe = probe  # (seen_peak, allocated, ms, reads, writes) from the host HAL's probe
+        self.probe = probe  # (seen_peak, allocated, ms, reads, writes, steady_live): host HAL probe
         self.readings = readings
         self.connections = connections
 
@@ -133,6 +139,7 @@ async def heap_peak(board: str, seconds: float, workdir: Path) -> NodeRun:
         playback = host.pop("_playback", None)
         host["link"] = peer.address
         host["heap_probe_ms"] = PROBE_MS
+        host["heap_probe_settle_s"] = SETTLE_S
         connections = len(host["uarts"]) + 1 + bool(host.get("control"))
         runner = NodeRunner(config=config, host=host, runtime="micropython", workdir=workdir)
         async with runner:
@@ -166,7 +173,7 @@ async def bridge(addresses, period, seconds, probe_ms):
     base = gc.mem_alloc()
     for address in addresses:
         asyncio.create_task(_pump(address, period))
-    asyncio.create_task(hal_host._heap_probe(probe_ms, 1))
+    asyncio.create_task(hal_host._heap_probe(probe_ms, 1, 0))
     peak = base
     for _ in range(int(seconds * 10)):
         await asyncio.sleep(0.1)
@@ -231,10 +238,11 @@ async def main() -> None:
         print("heap columns (KB; see the module doc): code = fresh VM after importing the board's modules; "
               "live = peak live heap while running; working = live - code; bridge = the JS host bridge's "
               "share, measured alone with the same I/O; firmware = working - bridge (the 32 KB target); "
+              f"steady = the same from {SETTLE_S} s after boot (past module loading); "
               "seen = peak allocated without a collection - code; alloc/s = KB allocated per second by the node, "
               "bridge/s = by the bridge alone with the same I/O; io/s = the node's reads + writes per second")
         print(f"{'board':<10} {'files':>5} {'.mpy KB':>8} {'vs all':>7} {'size':>5} "
-              f"{'code':>6} {'live':>6} {'working':>7} {'bridge':>6} {'firmware':>8} {'heap':>5} "
+              f"{'code':>6} {'live':>6} {'working':>7} {'bridge':>6} {'firmware':>8} {'heap':>5} {'steady':>6} "
               f"{'seen':>6} {'alloc/s':>7} {'bridge/s':>7} {'io/s':>6} {'readings':>8}")
         for board in ids:
             config = board_config(inventory, board, profiles)
@@ -242,20 +250,23 @@ async def main() -> None:
             code = vm_live_heap(board_modules(config, backend="host"), Path(tmp) / "all")
             run = await heap_peak(board, args.seconds, Path(tmp) / f"{board}-run")
             working = run.live - code
-            seen = alloc = io = writes = None
+            seen = alloc = io = writes = steady = None
             if run.probe:
-                seen_peak, allocated, ms, reads, writes_n = run.probe
+                seen_peak, allocated, ms, reads, writes_n, steady_live = run.probe
                 seen = seen_peak - code
+                steady = steady_live - code if steady_live >= 0 else None
                 alloc = allocated * 1000 / max(ms, 1)
                 io = (reads + writes_n) * 1000 / max(ms, 1)
                 writes = writes_n * 1000 / max(ms, 1)
             bridge, bridge_alloc = await bridge_heap(run.connections, writes or 10, min(args.seconds, 20),
                                                      Path(tmp) / "all")
             firmware = working - bridge
+            steady_fw = None if steady is None else steady - bridge
             print(f"{board:<10} {count:>5} {size / 1024:>8.1f} {size / everything:>7.0%} "
                   f"{'ok' if size <= SIZE_TARGET else 'OVER':>5} {_kb(code):>6} {_kb(run.live):>6} "
                   f"{_kb(working):>7} {_kb(bridge):>6} {_kb(firmware):>8} "
                   f"{'ok' if 0 <= firmware <= HEAP_TARGET else 'OVER':>5} "
+                  f"{'-' if steady_fw is None else _kb(steady_fw):>6} "
                   f"{'-' if seen is None else _kb(seen):>6} {'-' if alloc is None else _kb(alloc):>7} "
                   f"{'-' if bridge_alloc is None else _kb(bridge_alloc):>7} "
                   f"{'-' if io is None else f'{io:.0f}':>6} {run.readings:>8}")

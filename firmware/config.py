@@ -37,6 +37,11 @@ def load(raw):
         raise FatalConfigError("config.json: not valid JSON (%s)" % exc)
     if not isinstance(config, dict):
         raise FatalConfigError("config.json: not an object")
+    profiles = config.get("profiles")
+    if isinstance(profiles, dict):
+        for name in profiles:
+            if isinstance(profiles[name], dict):
+                profiles[name].pop("description", None)  # for people: no use in the node's heap
     return config
 
 

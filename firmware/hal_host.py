@@ -167,33 +167,42 @@ async def start():
         _control = await _Connection(_host["control"]).open()
         asyncio.create_task(_control_reader())
     if _host.get("heap_probe_ms") and hasattr(gc, "mem_alloc"):
-        asyncio.create_task(_heap_probe(_host["heap_probe_ms"], _host.get("heap_probe_report_s", 2)))
+        asyncio.create_task(_heap_probe(_host["heap_probe_ms"], _host.get("heap_probe_report_s", 2),
+                                        _host.get("heap_probe_settle_s", 10)))
 
 
-async def _heap_probe(period_ms, report_s):
+async def _heap_probe(period_ms, report_s, settle_s=10, live_every=5):
     """For bench/firmware_footprint.py: the heap as allocated, garbage included, which the app's
     watch_heap (live heap right after a collection) does not see. Every period_ms, without
     collecting: the largest gc.mem_alloc() seen, and the sum of its rises (what was allocated
     between samples: a lower bound of the allocation rate, since a collection between two samples
-    hides what was allocated before it). Reported with the bridge I/O counts as one line,
+    hides what was allocated before it). Every live_every-th sample it collects first instead,
+    and keeps the peak of that live heap from settle_s after it started (the running node, past
+    the boot's module loading). Reported with the bridge I/O counts as one line,
     "[hal] heap probe ...", every report_s."""
     last = peak = gc.mem_alloc()
+    steady = -1
     grown = 0
     start = ticks_ms()
     every = max(1, report_s * 1000 // period_ms)
     n = 0
     while True:
         await asyncio.sleep(period_ms / 1000)
+        n += 1
         used = gc.mem_alloc()
         if used > last:
             grown += used - last
         if used > peak:
             peak = used
+        if n % live_every == 0:
+            gc.collect()
+            used = gc.mem_alloc()
+            if used > steady and ticks_diff(ticks_ms(), start) >= settle_s * 1000:
+                steady = used
         last = used
-        n += 1
         if n % every == 0:
-            print("[hal] heap probe: seen_peak=%d allocated=%d ms=%d reads=%d writes=%d"
-                  % (peak, grown, ticks_diff(ticks_ms(), start), _io[0], _io[1]))
+            print("[hal] heap probe: seen_peak=%d allocated=%d ms=%d reads=%d writes=%d steady_live=%d"
+                  % (peak, grown, ticks_diff(ticks_ms(), start), _io[0], _io[1], steady))
 
 
 async def _control_reader():
