@@ -21,7 +21,7 @@ without one) only stops preempt tracking for that poll.
 Device config: max_red_clear_ms (default 6000: see PhaseEventDetector) besides ModbusDevice's.
 """
 
-from firmware.drivers.modbus_sensor import ModbusDevice
+from firmware.drivers.modbus_device import ModbusDevice
 from firmware.modbus_master import failed, profile_plan
 from firmware.phase_events import PhaseEventDetector
 
