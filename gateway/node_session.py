@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.fast_codec import decode_data
-from gateway.readings import StreamInfo, convert_data, health_json, pack_converted
+from gateway.readings import StreamInfo, health_json, pack_converted
+from gateway.readings_convert import convert_data
 from gateway.spool_async import AsyncSpool
 from gateway.spool_seen import EMPTY, Window, is_seen, mark
 from protocols.link_frame import ACK, DATA, HEALTH, HELLO, RESULT, LinkFrame, encode_frame

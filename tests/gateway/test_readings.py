@@ -1,4 +1,4 @@
-"""gateway/readings.py convert_data: the one-pass conversion with a frame's ticks mapped in one step
+"""gateway/readings_convert.py convert_data: the one-pass conversion with a frame's ticks mapped in one step
 (TickClock.frame_base/settle_frame) gives exactly what the reading-by-reading conversion gave:
 the same readings, the same `bad` and unknown sids, the same error, and the clock left in the
 same state (so the next frame maps the same too)."""
@@ -22,12 +22,12 @@ from gateway.readings import (
     Measurement,
     ReadingsError,
     StreamInfo,
-    convert_data,
     pack_converted,
     pack_readings,
     _RecentRecords,
     unpack_readings,
 )
+from gateway.readings_convert import convert_data
 from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, MAX_FAULT_CODE
 from protocols.link_messages import data_events, data_samples
 from protocols.ticks import TICKS_PERIOD, TickUnwrapper, ticks_add
