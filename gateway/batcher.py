@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ from protocols.batch_cnb1 import (
 __all__ = ["Batcher", "BatcherCounters", "BatcherSettings", "DeadbandFilter"]
 
 log = logging.getLogger("gateway.batcher")
+_STREAM = operator.attrgetter("stream")
 
 _SEAL_ATTEMPTS = 3
 _READ_FRAMES = 8  # event times are read for this many frames of a group (see the module doc)
@@ -111,6 +113,7 @@ class DeadbandFilter:
         self._policies: dict[tuple[str, str], StreamPolicy | None] = {}
         self._last: dict[tuple[str, str], tuple[float | None, int]] = {}
         self._staged: dict[tuple[str, str], tuple[float | None, int]] = {}
+        self._inactive: dict[str, set[str]] = {}  # per node: streams with no active policy
 
     def keep(self, node: str, m: Measurement) -> bool:
         key = (node, m.stream)
@@ -131,6 +134,20 @@ class DeadbandFilter:
         if keep:
             self._staged[key] = (None if m.value is None else float(m.value), m.utc_ms)
         return keep
+
+    def passes_all(self, node: str, measurements: list[Measurement]) -> bool:
+        """True when no stream of `measurements` has an active policy: keep() would keep each
+        and change nothing, so the caller may skip it."""
+        known = self._inactive.setdefault(node, set())
+        for stream in set(map(_STREAM, measurements)) - known:
+            key = (node, stream)
+            if key not in self._policies:
+                self._policies[key] = self._policy_of(node, stream)
+            policy = self._policies[key]
+            if policy is not None and policy.active:
+                return False
+            known.add(stream)
+        return True
 
     def commit(self) -> None:
         self._last.update(self._staged)
@@ -337,22 +354,18 @@ class Batcher:
         topic = self.topics.for_kind(chunk.node, kind)
         batch = Batch(chunk.node, max(chunk.node_boot, 0))
         for record in chunk.records:
-            for m in record.measurements:
-                if not self.filter.keep(chunk.node, m):
-                    self.counters.filtered += 1
-                    continue
-                try:
-                    batch.add_stream(m.stream, m.unit, m.kind, m.dec)
-                    batch.add_measurement(m.stream, m.utc_ms, m.value, m.fault)
-                except ValueError as error:
-                    self.counters.bad_records += 1
+            measurements = record.measurements
+            if not self.filter.passes_all(chunk.node, measurements):
+                measurements = [m for m in measurements if self.filter.keep(chunk.node, m)]
+                self.counters.filtered += len(record.measurements) - len(measurements)
+            # One call a record: Batch.add_readings does add_stream + add_measurement and
+            # add_event for each reading, in this order, and hands back what they refused.
+            for reading, error in batch.add_readings(measurements, record.events):
+                self.counters.bad_records += 1
+                if isinstance(reading, Measurement):
                     log.error("batcher dropped a reading node=%s stream=%s error=%s",
-                              chunk.node, m.stream, error)
-            for e in record.events:
-                try:
-                    batch.add_event(e.utc_ms, e.code, e.param)
-                except ValueError as error:
-                    self.counters.bad_records += 1
+                              chunk.node, reading.stream, error)
+                else:
                     log.error("batcher dropped an event node=%s error=%s", chunk.node, error)
         empty = len(batch) == 0
         batch_id = await self.spool.next_batch_id()
