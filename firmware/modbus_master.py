@@ -114,6 +114,9 @@ class ModbusMaster:
         self._crc_mark = 0
         self._seq = 0  # transaction number: a late timer never ends the next transaction
         self._idle_since = hal.ticks_us()  # the bus's last activity (ticks_us)
+        # When the last good reply began (ticks_us): a unit samples what it reports just before
+        # it answers, so this is the latest instant the reported state can be stamped with.
+        self.reply_start_us = self._idle_since
         self._reader = None
         self._units = {}
         self.counters = {"stale_frames": 0, "read_errors": 0}  # bus-wide
@@ -218,6 +221,10 @@ class ModbusMaster:
             for item in items:
                 if isinstance(item, bytes):
                     self._frame = item
+                    # Its first byte can have come no later than this: bytes cannot outrun the
+                    # baud rate, so the estimate errs late, never before the unit's sample.
+                    self.reply_start_us = self.hal.ticks_add(
+                        self._idle_since, -int(len(item) * self._char_us))
                     break
             if self._frame is not None or rx.counters["bad_crc"] != self._crc_mark:
                 self._waiting = False

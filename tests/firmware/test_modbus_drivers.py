@@ -355,7 +355,9 @@ async def test_signal_controller(runtime: str, build_dir: Path) -> None:
     # The recovered poll's events are stamped after the failure was reported.
     first_fault = next(s.t for s in poll if s.fault)
     assert o.events[-1].t >= first_fault
-    # Phase maps 0..7 in one read and the preempt register in another, on every poll.
+    # Phase maps 0..7 in one read and the preempt register in another, on every poll: the
+    # preempt first, so the poll is stamped by the phase reply that ends it.
     seen = peer.seen(5)
     assert set(seen) == {(3, 0, 8), (3, 16, 1)}
+    assert seen[:4] == [(3, 16, 1), (3, 0, 8), (3, 16, 1), (3, 0, 8)]
     assert json.dumps(o.counters["ctrl"])  # plain ints, reported in HEALTH
