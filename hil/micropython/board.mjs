@@ -31,6 +31,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { randomInt } from "node:crypto";
+import "./zero_delay_timers.mjs";
 import { connect } from "./tcp_stream.mjs";
 
 const SYSTEM_DIRS = new Set(["dev", "proc"]);

@@ -16,6 +16,7 @@
 import { readFileSync, writeFileSync, renameSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { randomInt } from "node:crypto";
+import "./zero_delay_timers.mjs";
 import { connect } from "./tcp_stream.mjs";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
