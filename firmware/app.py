@@ -94,6 +94,10 @@ async def main(config_path="config.json"):
         config = load(raw)
     except FatalConfigError as exc:
         fatal = str(exc)
+    # The file's bytes (0.7-2.6 KB on the demo boards) would otherwise live as long as main():
+    # keep only their hash, for HELLO.
+    cfg_hash = config_hash(raw)
+    raw = None
     if config is not None and "host" in config and hasattr(backend, "configure"):
         backend.configure(config["host"])
     await backend.start()
@@ -119,10 +123,15 @@ async def main(config_path="config.json"):
     for key, reason in errors:
         print("[config] %s: %s" % (key, reason))
     drivers = _make_drivers(node, devices)
+    # What the drivers did not keep of their device and profile entries can go now; nothing
+    # reads them after start (the harness's "host" section was copied by configure()).
+    devices = None
+    for key in ("profiles", "devices", "host"):
+        config.pop(key, None)
 
     from firmware.link_client import LinkClient
 
-    link = LinkClient(node, config["link"], FW_VERSION, config_hash(raw), devices=drivers)
+    link = LinkClient(node, config["link"], FW_VERSION, cfg_hash, devices=drivers)
     supervised = [Supervised(did, drivers[did].run) for did in drivers]
     link_task = asyncio.create_task(link.run())
     for s in supervised:

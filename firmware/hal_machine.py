@@ -17,6 +17,12 @@ ticks_ms = time.ticks_ms
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
 ticks_add = time.ticks_add
+# How late a loop edge may reach the presence task's queue after its own timestamp
+# (firmware/drivers/loop_presence.py): InputPins' hard IRQ stamps and queues an edge in one handler
+# that the task cannot interleave with, and the task reads its clock before draining the queue, so
+# an edge stamped before that read is already queued. 2 ms is margin for IRQ latency, not a need;
+# the 50 ms default is for the harness, whose edges come over a control channel.
+EDGE_LAG_US = 2000
 
 # framing string -> (parity for machine.UART: None, 0 even, 1 odd; stop bits)
 _FRAMING = {"8N1": (None, 1), "8E1": (0, 1), "8O1": (1, 1), "8N2": (None, 2)}

@@ -15,13 +15,15 @@ command). Keys:
                 for good), resent, bad_frames_in, ... (LinkClient.loss_counters())
     errors      node.config_errors: the config entries the node refused
 
-A report too big for a ring slot goes without its `dev` detail and with loss["health_trimmed"] = 1
-rather than not at all (see LinkClient._send_health).
+A report too big for a frame loses detail in steps rather than going unsent (trim_health, called
+by LinkClient._push_health), each step marked in loss["health_trimmed"]: 1 each device's last_fault
+cut to FAULT_CHARS, 2 its zero counters dropped too, 3 the `dev` section dropped.
 """
 
 from protocols.ticks import ticks_diff
 
 _PLAIN = (int, float, str, bool)
+FAULT_CHARS = 48
 
 
 class Uptime:
@@ -81,3 +83,20 @@ def build_health(node, link_client, devices, uptime_ms):
         "loss": link_client.loss_counters(),
         "errors": node.config_errors,
     }
+
+
+def trim_health(message, step):
+    """Make a HEALTH message smaller, `step` 1..3 (see the module doc)."""
+    message["loss"]["health_trimmed"] = step
+    dev = message["dev"]
+    if step >= 3:
+        message["dev"] = {}
+        return
+    for did in dev:
+        report = dev[did]
+        fault = report.get("last_fault")
+        if isinstance(fault, str) and len(fault) > FAULT_CHARS:
+            report["last_fault"] = fault[:FAULT_CHARS - 3] + "..."
+        if step >= 2:
+            for key in [k for k in report if report[k] == 0]:
+                del report[key]

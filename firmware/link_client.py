@@ -9,13 +9,13 @@ and RESULT, once it has acted on them), so it needs every seq to arrive, or to l
 will: each message also carries "lo", the lowest seq the node may still send (every seq below it
 was acknowledged, or given up when the ring overflowed), and the gateway treats every seq below lo
 as settled. That is also how it learns that seqs start at 1. The node allocates a new HELLO seq
-only once the previous HELLO is acknowledged, and ring frames take a seq only when they fit a slot,
-so a gap only ever comes from a counted ring overflow.
+only once the previous HELLO is acknowledged, and ring frames take a seq only once they are
+encoded and fit the ring, so a gap only ever comes from a counted ring overflow.
 
 HELLO (node, fw, cfg hash, boot, tick, stream table, config errors) goes first on every connection,
 after a lone 0x00 so a receiver holding half a frame resynchronises; it is repeated every hello_ms
 until acknowledged, keeping its seq (its tick is refreshed), and sent again when the stream table or
-the config errors change. It is not in the ring: a stream table may be larger than a ring slot.
+the config errors change. It is not in the ring: a stream table may be larger than a ring frame.
 A serial link never "reconnects" when the gateway restarts (the UART stays up), and a restarted
 gateway holds DATA back until a HELLO tells it the boot: so when frames wait and no ACK at all has
 come for rehello_ms, the HELLO is sent again (a new seq once the previous one was acknowledged).
@@ -25,13 +25,14 @@ message when an event is waiting (event_flush_ms after the first one, default 0:
 next pass, which still takes every event a driver step or poll produced together; the gateway's
 event window counts from the event's own time, so a wait here would only eat into it), at least
 every flush_ms (default 1000) for measurements, and at once when the outbox is full. A message
-that does not fit a ring slot is split in two (halves of the samples and of the events, faults
+that does not fit a frame (max_payload, frame_max) is split in two (halves of the samples and of the events, faults
 re-indexed) until it does, so readings are never refused for size. DATA, HEALTH and RESULT frames
 go into the ring (firmware/frame_ring.py) before they are sent.
 
 Reliability. Frames are resent, oldest first, when not acknowledged within ack_timeout_ms, and
 after a reconnect all unacknowledged frames are resent in order, after the HELLO. A full ring drops
-its oldest frame and counts it (ring_overflow). The link is reopened with a backoff that doubles
+its oldest frames and counts them (ring_overflow); the dropping happens before the new frame's "lo"
+is written, so that frame already tells the gateway what is gone. The link is reopened with a backoff that doubles
 from backoff_ms to backoff_max_ms and starts again once a connection has been acknowledged.
 Incoming bytes go through LinkFrameDecoder: bad frames, invalid messages and ACKs for seqs never sent
 are counted (bad_frames_in, bad_acks) and skipped, never fatal. Only this client's writer task writes
@@ -44,11 +45,17 @@ Commands. CMD is handled by firmware/commands.py in its own task (at most MAX_CO
 are answered "busy") and answered with a RESULT. A reboot command's RESULT is sent first; the node
 resets once it is acknowledged or reboot_wait_ms later.
 
-HEALTH (firmware/health.py) goes every health_s and when asked.
+HEALTH (firmware/health.py) goes every health_s and when asked. One too big for a frame loses detail
+in steps (each device's last_fault shortened, then its zero counters, then the device section)
+rather than going unsent.
 
 Link config keys (all optional; out-of-range values become config errors and fall back):
-ring_slots 8, slot_size 1024 (bytes on the wire; 8 x 1 KB, since a cabinet node's HEALTH with three
-devices is ~800 B and must keep its device detail), flush_ms 1000, event_flush_ms 0, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
+ring_bytes 2048 and ring_slots 24 (the resend ring: bytes of wire frames, and how many frames at
+most; event frames are ~50 B, measurement frames up to ~300 B, a cabinet node's HEALTH ~800 B and
+at most max_payload, so a HEALTH always fits and leaves room for the frames around it: the cabinet
+node makes ~2 KB of frames in 10 s, against the 8 frames, ~3 s, of the fixed 8 x 1 KB slots this
+replaced), frame_max 2048 (the largest frame the ring takes, at most ring_bytes; DATA is split to
+fit), flush_ms 1000, event_flush_ms 0, ack_timeout_ms 2000, hello_ms 1000, health_s 10,
 backoff_ms 200, backoff_max_ms 5000, max_payload 1024 (the gateway's limit; a HELLO must fit it),
 rx_max_payload 512 (the biggest CMD payload accepted), reboot_wait_ms 1000, rehello_ms 10000 (0: never
 repeat an acknowledged HELLO).
@@ -57,7 +64,7 @@ repeat an acknowledged HELLO).
 import asyncio
 
 from firmware.frame_ring import SEQ_MASK, FrameRing, seq_le, seq_lt
-from firmware.health import Uptime, build_health
+from firmware.health import Uptime, build_health, trim_health
 from protocols.link_frame import (
     ACK,
     CMD,
@@ -75,8 +82,9 @@ from protocols.ticks import ticks_add, ticks_diff
 
 # link config key -> (default, lowest, highest)
 SETTINGS = {
-    "ring_slots": (8, 1, 64),
-    "slot_size": (1024, 64, 4096),
+    "ring_slots": (24, 1, 64),
+    "ring_bytes": (2048, 256, 65536),
+    "frame_max": (2048, 64, 4096),
     "flush_ms": (1000, 10, 60000),
     "event_flush_ms": (0, 0, 1000),
     "ack_timeout_ms": (2000, 20, 60000),
@@ -141,7 +149,7 @@ class LinkClient:
         self.devices = devices or {}
         self.settings = self._settings(link_cfg)
         s = self.settings
-        self.ring = FrameRing(s["ring_slots"], s["slot_size"])
+        self.ring = FrameRing(s["ring_slots"], s["ring_bytes"], s["frame_max"])
         self.decoder = LinkFrameDecoder(s["rx_max_payload"])
         self.boot = self.hal.random_u32() & SEQ_MASK  # u32 on the wire, whatever the backend gives
         self.counters = {"sent": 0, "hello_sent": 0, "bad_frames_in": 0, "bad_acks": 0,
@@ -238,7 +246,7 @@ class LinkClient:
         out["seq"] = (self._next_seq - 1) & SEQ_MASK
         out["acked_seq"] = self._acked
         out["unacked"] = len(self.ring)
-        out["ring"] = [self.ring.slots, self.ring.slot_size]
+        out["ring"] = [self.ring.slots, self.ring.size, self.ring.used()]
         out["hello_pending"] = self._hello_seq is not None
         out["connected"] = self._link is not None
         out["utc_offset"] = clock.offset
@@ -502,24 +510,31 @@ class LinkClient:
 
     def _push(self, frame_type, message):
         """Encode `message` as the next seq into the ring. True when pushed; False (seq not used)
-        when it does not fit a slot; None when it cannot be encoded at all (a reading of a type
+        when it is too big for a frame; None when it cannot be encoded at all (a reading of a type
         msgpack does not carry, say)."""
+        ring = self.ring
         seq = self._next_seq
-        message["lo"] = self._lo(self.ring.oldest_after_push(seq))
-        try:
-            payload = encode_message(frame_type, message)
-        except (TypeError, ValueError, OverflowError):  # LinkMessageError is a ValueError
-            return None
-        size = self.ring.slot_size
-        if len(payload) + OVERHEAD >= size:  # COBS only adds: no need to encode to know
-            return False
-        try:
-            frame = encode_frame(frame_type, seq, payload, self.settings["max_payload"])
-        except ValueError:
-            return False
-        if len(frame) > size:
-            return False
-        self.ring.push(self._take_seq(), frame)
+        size = ring.frame_max
+        while True:
+            oldest = ring.oldest_seq()
+            message["lo"] = self._lo(seq if oldest is None else oldest)
+            try:
+                payload = encode_message(frame_type, message)
+            except (TypeError, ValueError, OverflowError):  # LinkMessageError is a ValueError
+                return None
+            if len(payload) + OVERHEAD >= size:  # COBS only adds: no need to encode to know
+                return False
+            try:
+                frame = encode_frame(frame_type, seq, payload, self.settings["max_payload"])
+            except ValueError:
+                return False
+            if len(frame) > size:
+                return False
+            # Frames the new one pushes out are gone before its "lo" is written; a lo that moved
+            # can only grow the frame by a few bytes, hence the loop (it ends: each pass drops).
+            if not ring.make_room(len(frame)):
+                break
+        ring.push(self._take_seq(), frame)
         return True
 
     def _push_data(self, message):
@@ -534,8 +549,8 @@ class LinkClient:
                 print("[link] a reading cannot be encoded; dropped: %r" % (message,))
             else:
                 self.counters["oversize"] += 1
-                print("[link] a DATA message of one reading does not fit a %d-byte slot; dropped"
-                      % self.ring.slot_size)
+                print("[link] a DATA message of one reading does not fit a %d-byte frame; dropped"
+                      % self.ring.frame_max)
             return
         self._push_data(halves[0])
         self._push_data(halves[1])
@@ -551,9 +566,9 @@ class LinkClient:
 
     def _push_health(self):
         message = build_health(self.node, self, self.devices, self.uptime.ms)
-        if self._push(HEALTH, message):
-            return
-        message["dev"] = {}
-        message["loss"]["health_trimmed"] = 1
-        if not self._push(HEALTH, message):
-            self.counters["oversize"] += 1
+        for step in (0, 1, 2, 3):
+            if step:
+                trim_health(message, step)
+            if self._push(HEALTH, message):
+                return
+        self.counters["oversize"] += 1

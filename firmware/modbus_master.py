@@ -39,6 +39,8 @@ DEFAULT_RETRIES = 1
 DEFAULT_OFFLINE_AFTER = 3
 DEFAULT_BACKOFF_MS = 1000
 DEFAULT_BACKOFF_MAX_MS = 30000
+EXPIRY_NAP_MS = 20
+_NO_DEADLINE_US = 60000000  # a deadline this far off stands for "none yet" (well inside ticks_diff)
 BROADCAST_DELAY_MS = 100  # serial spec §2.4.1 "turnaround delay" after a broadcast (typ. 100-200 ms)
 
 _KINDS = {FAULT_TIMEOUT: "timeouts", FAULT_CHECKSUM: "crc_errors", FAULT_FRAMING: "framing_errors"}
@@ -109,15 +111,17 @@ class ModbusMaster:
         self._lock = asyncio.Lock()
         self._rx = RtuReceiver("master")  # no baud: frame by length and CRC (see module doc)
         self._done = asyncio.Event()
+        self._armed = asyncio.Event()  # a transaction set its deadline: the expiry task wakes
+        self._deadline = 0  # ticks_us by which the awaited reply must be complete
         self._waiting = False
         self._frame = None
         self._crc_mark = 0
-        self._seq = 0  # transaction number: a late timer never ends the next transaction
         self._idle_since = hal.ticks_us()  # the bus's last activity (ticks_us)
         # When the last good reply began (ticks_us): a unit samples what it reports just before
         # it answers, so this is the latest instant the reported state can be stamped with.
         self.reply_start_us = self._idle_since
         self._reader = None
+        self._expiry = None
         self._units = {}
         self.counters = {"stale_frames": 0, "read_errors": 0}  # bus-wide
 
@@ -190,12 +194,15 @@ class ModbusMaster:
     def _start_reader(self):
         if self._reader is None:
             self._reader = asyncio.create_task(self._read_loop())
+            self._expiry = asyncio.create_task(self._expiry_loop())
 
     def close(self):
-        """Stop the bus's reader task (the UART stays open: NodeContext owns it)."""
+        """Stop the bus's reader and expiry tasks (the UART stays open: NodeContext owns it)."""
         if self._reader is not None:
             self._reader.cancel()
+            self._expiry.cancel()
             self._reader = None
+            self._expiry = None
 
     async def _read_loop(self):
         # One reader for the bus's lifetime: a wait that times out never cancels a pending read,
@@ -230,24 +237,35 @@ class ModbusMaster:
                 self._waiting = False
                 self._done.set()
 
-    async def _expire(self, seq, seconds):
-        await asyncio.sleep(seconds)
-        if seq == self._seq:
-            self._waiting = False
-            self._done.set()
-
-    async def _quiet(self):
-        # In whole ms, rounded up and checked again: MicroPython's asyncio.sleep(s) is
-        # sleep_ms(int(s * 1000)), which cut t3.5 short (1 ms for 1.75 ms at 115200 baud).
+    async def _expiry_loop(self):
+        # One timer for the bus's lifetime rather than a task per transaction (~250 B each on
+        # MicroPython): it ends the wait of whichever transaction is waiting once its deadline has
+        # passed. It naps at most EXPIRY_NAP_MS, so a deadline set while it naps is seen at most
+        # that late (a timeout only; a reply ends the wait through the reader at once).
+        hal = self.hal
         while True:
-            left = self._t35_us - self.hal.ticks_diff(self.hal.ticks_us(), self._idle_since)
+            if not self._waiting:
+                await self._armed.wait()
+                self._armed.clear()
+                continue
+            left = hal.ticks_diff(self._deadline, hal.ticks_us())
             if left <= 0:
-                return
-            await asyncio.sleep(((left + 999) // 1000) / 1000)
+                self._waiting = False
+                self._done.set()
+                continue
+            # Whole ms, rounded up (see _transact's t3.5 wait).
+            await asyncio.sleep((min(left, EXPIRY_NAP_MS * 1000) + 999) // 1000 / 1000)
 
     async def _transact(self, st, req, adu, timeout_ms):
         """One request on the wire: its parsed reply, or ModbusException / ModbusError."""
-        await self._quiet()
+        # t3.5 of quiet first, in whole ms, rounded up and checked again: MicroPython's
+        # asyncio.sleep(s) is sleep_ms(int(s * 1000)), which cut t3.5 short (1 ms for 1.75 ms at
+        # 115200 baud). Inline rather than a helper coroutine: one less object per transaction.
+        while True:
+            left = self._t35_us - self.hal.ticks_diff(self.hal.ticks_us(), self._idle_since)
+            if left <= 0:
+                break
+            await asyncio.sleep(((left + 999) // 1000) / 1000)
         self.uart.discard_input()
         rx = self._rx
         reply_len = expected_response_length(req)
@@ -257,6 +275,8 @@ class ModbusMaster:
         self._crc_mark = rx.counters["bad_crc"]
         bytes_mark = rx.counters["bytes"]
         self._done.clear()
+        # No deadline until the request is out (the write can take its own time).
+        self._deadline = self.hal.ticks_add(self.hal.ticks_us(), _NO_DEADLINE_US)
         self._waiting = reply_len > 0
         st.counters["requests"] += 1
         try:
@@ -271,14 +291,13 @@ class ModbusMaster:
                 await asyncio.sleep(max(BROADCAST_DELAY_MS, st.turnaround_us // 1000) / 1000)
                 return None
             wait_us = (len(adu) + reply_len) * self._char_us + st.turnaround_us + timeout_ms * 1000
-            # A timer task rather than asyncio.wait_for: MicroPython's wait_for cancels the waiting
-            # task to wake it, which the WebAssembly port's top-level coroutine cannot take.
-            timer = asyncio.create_task(self._expire(self._seq, wait_us / 1000000))
+            # The expiry task rather than asyncio.wait_for: MicroPython's wait_for cancels the
+            # waiting task to wake it, which the WebAssembly port's top-level coroutine cannot take.
+            self._deadline = self.hal.ticks_add(sent, int(wait_us))
+            self._armed.set()
             await self._done.wait()
-            timer.cancel()
         finally:
             self._waiting = False
-            self._seq += 1
         frame = self._frame
         self._frame = None
         if frame is not None:
@@ -309,7 +328,10 @@ class ModbusMaster:
             raise err
         timeout_ms = st.timeout_ms if timeout_ms is None else timeout_ms
         attempts = 1 if st.offline else 1 + (st.retries if retries is None else retries)
-        async with self._lock:
+        # acquire/release rather than `async with`: the context manager's __aenter__/__aexit__
+        # coroutines cost ~290 B per request on MicroPython, for the same lock.
+        await self._lock.acquire()
+        try:
             for _ in range(attempts):
                 try:
                     values = await self._transact(st, req, request_adu, timeout_ms)
@@ -325,6 +347,8 @@ class ModbusMaster:
                 self._alive(st)
                 return values
             self._failed(st)
+        finally:
+            self._lock.release()
         raise err
 
     async def read_plan(self, unit, plan, timeout_ms=None, retries=None, any_address=False):

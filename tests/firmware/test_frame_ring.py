@@ -18,6 +18,7 @@ from protocols.ticks import TICKS_PERIOD, ticks_add, ticks_diff
 class Held:
     seq: int
     data: bytes
+    at: int = 0
     tries: int = 0
     sent: int = 0
     now: bool = True
@@ -26,17 +27,32 @@ class Held:
 class Model:
     """What the ring promises, written the obvious way."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, size: int) -> None:
         self.slots = slots
+        self.size = size
         self.held: list[Held] = []
         self.overflow = self.resent = self.acked = 0
 
+    def _free(self, at: int, n: int) -> bool:
+        return at + n <= self.size and all(at + n <= h.at or h.at + len(h.data) <= at for h in self.held)
+
+    def _place(self, n: int) -> int | None:
+        # Right after the newest frame, else at the start of the buffer; never over a held byte.
+        if len(self.held) == self.slots:
+            return None
+        after = self.held[-1].at + len(self.held[-1].data) if self.held else 0
+        for at in (after, 0):
+            if self._free(at, n):
+                return at
+        return None
+
     def push(self, seq: int, data: bytes) -> bool:
-        dropped = len(self.held) == self.slots
-        if dropped:
+        dropped = False
+        while self._place(len(data)) is None:
             self.held.pop(0)
             self.overflow += 1
-        self.held.append(Held(seq, data))
+            dropped = True
+        self.held.append(Held(seq, data, self._place(len(data))))
         return dropped
 
     def ack(self, seq: int) -> int:
@@ -65,7 +81,7 @@ class Model:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("push"), st.integers(1, 3), st.integers(0, 64)),  # seq step, size
+        st.tuples(st.just("push"), st.integers(1, 3), st.integers(1, 64)),  # seq step, size
         st.tuples(st.just("ack"), st.integers(-2, 6)),  # relative to the oldest held
         st.tuples(st.just("due"), st.integers(0, 900), st.integers(0, 500)),  # time step, timeout
         st.tuples(st.just("rewind")),
@@ -75,10 +91,11 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(slots=st.integers(1, 6), start_tick=st.integers(0, TICKS_PERIOD - 1), script=ops)
-def test_ring_matches_model(slots: int, start_tick: int, script: list[tuple]) -> None:
-    ring = FrameRing(slots, 64)
-    model = Model(slots)
+@given(slots=st.integers(1, 8), size=st.integers(64, 200), start_tick=st.integers(0, TICKS_PERIOD - 1),
+       script=ops)
+def test_ring_matches_model(slots: int, size: int, start_tick: int, script: list[tuple]) -> None:
+    ring = FrameRing(slots, size, 64)
+    model = Model(slots, size)
     seq = 0
     now = start_tick
     for op in script:
@@ -102,13 +119,14 @@ def test_ring_matches_model(slots: int, start_tick: int, script: list[tuple]) ->
         else:
             assert ring.rewind() == model.rewind()
         assert ring.seqs() == [h.seq for h in model.held]
+        assert ring.used() == sum(len(h.data) for h in model.held) <= size
         counts = (ring.overflow_frames, ring.resent, ring.acked)
         assert counts == (model.overflow, model.resent, model.acked)
         assert all(ring.tries(h.seq) == h.tries for h in model.held)
 
 
 def test_push_copies_and_allocates_no_per_frame_storage() -> None:
-    ring = FrameRing(2, 16)
+    ring = FrameRing(2, 32, 16)
     buf = bytearray(b"abc")
     ring.push(1, buf)
     buf[0] = ord("z")  # the ring holds a copy, not the caller's buffer
@@ -120,9 +138,11 @@ def test_push_copies_and_allocates_no_per_frame_storage() -> None:
 
 
 def test_refusals_name_the_problem() -> None:
-    ring = FrameRing(2, 16)
-    with pytest.raises(FrameRingError, match="17 bytes does not fit a 16-byte ring slot"):
+    ring = FrameRing(2, 32, 16)
+    with pytest.raises(FrameRingError, match="17 bytes does not fit the ring \\(1..16 bytes\\)"):
         ring.push(1, bytes(17))
+    with pytest.raises(FrameRingError, match="a 17-byte link frame does not fit the ring"):
+        ring.make_room(17)
     ring.push(5, b"x")
     with pytest.raises(FrameRingError, match="seq 5 does not follow the newest held, 5"):
         ring.push(5, b"y")

@@ -355,8 +355,8 @@ async def test_bad_input_is_counted_and_commands_are_answered(runtime: str, buil
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-async def test_batches_too_big_for_a_slot_are_split_in_order(runtime: str, build_dir: Path) -> None:
-    async with LinkPeer() as peer, node_process(runtime, build_dir, peer, slot_size=256,
+async def test_batches_too_big_for_a_frame_are_split_in_order(runtime: str, build_dir: Path) -> None:
+    async with LinkPeer() as peer, node_process(runtime, build_dir, peer, frame_max=256,
                                                 rx_max_payload=1024, flush_ms=2000,
                                                 event_flush_ms=300):
         await hello_acked(peer)
@@ -374,7 +374,7 @@ async def test_batches_too_big_for_a_slot_are_split_in_order(runtime: str, build
         frames = peer.of_type(DATA, new=True)
         assert len(frames) >= 3 and all(len(r.payload) + 10 < 256 for r in frames)
         assert len({r.message["t0"] for r in frames}) == 1, "the halves of one batch share t0"
-        # An answer too big for a slot still goes, without its data.
+        # An answer too big for a frame still goes, without its data.
         answer = await peer.command("diagnostics")
         assert answer["ok"] and answer["msg"] == "diagnostics (its data did not fit a frame)"
         assert "data" not in answer

@@ -1,6 +1,7 @@
 """Vector checks for firmware/frame_ring.py (portable: CPython and MicroPython).
 
-A case builds FrameRing(slots, slot_size) and runs its "steps" in order; each step is a list
+A case builds FrameRing(slots, size, frame_max) (a case written with "slot_size" describes a ring
+of slots x slot_size bytes taking frames up to slot_size) and runs its "steps" in order; each step is a list
 [op, args...] with the expected outcome last:
 
     ["push", seq, size, dropped]          push a frame of `size` pattern bytes; push's return value
@@ -11,9 +12,9 @@ A case builds FrameRing(slots, slot_size) and runs its "steps" in order; each st
     ["rewind", count]
     ["held", [seqs]]                      the seqs held, oldest first
     ["next_due_in", now, timeout, ms]     ms is null when the ring is empty
-    ["oldest_after_push", seq, expect]
+    ["make_room", size, dropped]          make_room(size) must drop `dropped` frames
     ["tries", seq, expect]
-    ["counters", {name: value}]           overflow_frames, resent, acked, len
+    ["counters", {name: value}]           overflow_frames, resent, acked, len, used
 """
 
 from firmware.frame_ring import FrameRing, FrameRingError, seq_le, seq_lt
@@ -35,8 +36,15 @@ def _due(ring, sizes, now, timeout, ack_after_first, expect, what):
     expect_equal(got, expect, what + ": seqs due")
 
 
+def _ring(case):
+    slots = case["slots"]
+    if "slot_size" in case:
+        return FrameRing(slots, slots * case["slot_size"], case["slot_size"])
+    return FrameRing(slots, case["size"], case.get("frame_max"))
+
+
 def check_ring_script(case):
-    ring = FrameRing(case["slots"], case["slot_size"])
+    ring = _ring(case)
     sizes = {}
     for n, step in enumerate(case["steps"]):
         op = step[0]
@@ -65,21 +73,21 @@ def check_ring_script(case):
             expect_equal(ring.full, len(step[1]) == ring.slots, what + ": full")
         elif op == "next_due_in":
             expect_equal(ring.next_due_in(step[1], step[2]), step[3], what)
-        elif op == "oldest_after_push":
-            expect_equal(ring.oldest_after_push(step[1]), step[2], what)
+        elif op == "make_room":
+            expect_equal(ring.make_room(step[1]), step[2], what)
         elif op == "tries":
             expect_equal(ring.tries(step[1]), step[2], what)
         elif op == "counters":
             expected = step[1]
             for name in expected:
-                actual = len(ring) if name == "len" else getattr(ring, name)
+                actual = len(ring) if name == "len" else ring.used() if name == "used" else getattr(ring, name)
                 expect_equal(actual, expected[name], what + ": " + name)
         else:
             raise AssertionError("unknown step %r" % (op,))
 
 
 def check_construct_error(case):
-    expect_raises(FrameRingError, FrameRing, case["slots"], case["slot_size"])
+    expect_raises(FrameRingError, _ring, case)
 
 
 def check_seq_order(case):
