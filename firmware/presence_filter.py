@@ -33,6 +33,7 @@ STUCK_ON = 1
 STUCK_OFF = 2
 CHATTER = 4
 _NAMES = {STUCK_ON: "stuck_on", STUCK_OFF: "stuck_off", CHATTER: "chatter"}
+_RING_START = 16  # first size of the chatter ring (it doubles up to chatter_per_min + 1)
 # Faults during which actuations are not vehicles.
 SUPPRESSING = STUCK_ON | CHATTER
 
@@ -104,9 +105,13 @@ class PresenceFilter:
         self._stuck_on = _split(stuck_on_us)
         self._stuck_off = _split(stuck_off_us)
         # Raw transition times of the last 60 s (at most chatter_per_min + 1, oldest at _ring_i):
-        # chatter is when the ring fills. Entries are dropped as they age past 60 s, long before
-        # ticks_diff could alias them.
-        self._ring = [0] * (chatter_per_min + 1) if chatter_per_min else None
+        # chatter is when it holds _ring_cap of them. Entries are dropped as they age past 60 s,
+        # long before ticks_diff could alias them. The list starts small and doubles (to at most
+        # _ring_cap) only when a minute's transitions need it: a loop at 900 veh/h makes ~30 a
+        # minute, so the 121 slots of the default 120/min limit would mostly be empty (0.5 KB
+        # per loop on a 32-bit board).
+        self._ring_cap = chatter_per_min + 1 if chatter_per_min else 0
+        self._ring = [0] * min(_RING_START, self._ring_cap) if chatter_per_min else None
         self._ring_i = 0
         self._ring_n = 0
         self.counters = {
@@ -242,15 +247,23 @@ class PresenceFilter:
             self._ring_n -= 1
 
     def _note_transition(self, t, out):
+        self._prune(t)
         ring = self._ring
         size = len(ring)
-        self._prune(t)
-        if self._ring_n == size:                # only while chatter is already raised
+        n = self._ring_n
+        if n == size and size < self._ring_cap:  # grow: oldest first, at index 0
+            i = self._ring_i
+            grown = [ring[(i + k) % size] for k in range(n)]
+            grown.extend([0] * (min(2 * size, self._ring_cap) - n))
+            self._ring = ring = grown
+            self._ring_i = 0
+            size = len(ring)
+        if n == size:                # only while chatter is already raised
             self._ring_i = (self._ring_i + 1) % size
             self._ring_n -= 1
         ring[(self._ring_i + self._ring_n) % size] = t
         self._ring_n += 1
-        if not self.faults & CHATTER and self._ring_n == size:
+        if not self.faults & CHATTER and self._ring_n == self._ring_cap:
             self._raise(CHATTER, t, out)
 
     def _chatter_clear_time(self):
@@ -259,7 +272,7 @@ class PresenceFilter:
         # one before this has been judged, so the fallback is only defensive.)
         ring = self._ring
         size = len(ring)
-        keep = (size - 1) // 2 + 1
+        keep = (self._ring_cap - 1) // 2 + 1
         if self._ring_n < keep:
             return self._last
         return ticks_add(ring[(self._ring_i + self._ring_n - keep) % size], _CHATTER_WINDOW_US)
