@@ -25,7 +25,7 @@ per-unit health and counters.
 
 import asyncio
 
-from firmware.register_decode import register_words
+from firmware.register_entry import register_words
 from protocols.quality_codes import (
     FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_UNAVAILABLE, modbus_fault)
 from protocols.modbus_plan import plan_reads

@@ -11,7 +11,7 @@ fault_repeat_ms (how often an unchanged fault is repeated on the poll stream; de
 import asyncio
 
 from firmware.modbus_master import ModbusMaster, fault_of
-from firmware.register_decode import RegisterError, check_entry
+from firmware.register_entry import RegisterError, check_entry
 from protocols.modbus_rtu import ANY_ADDRESS, MAX_UNIT
 
 _TUNING = ("timeout_ms", "retries", "offline_after", "backoff_ms", "backoff_max_ms")
@@ -27,8 +27,8 @@ class ModbusDevice:
     def __init__(self, device, profile, node):
         self.node = node
         self.hal = node.hal
-        self.device = device
-        self.profile = profile
+        # Not kept: the device and profile dicts (the register list is most of a node's config,
+        # and nothing reads it after start); a subclass keeps what it needs.
         self.id = device["id"]
         self.counters = {"polls": 0, "poll_faults": 0}
         self.last_fault = None

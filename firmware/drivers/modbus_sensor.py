@@ -15,6 +15,7 @@ from protocols.modbus_rtu import write_single_register
 class ModbusSensorDriver(ModbusDevice):
     def __init__(self, device, profile, node):
         ModbusDevice.__init__(self, device, profile, node)
+        self._commands = profile.get("commands") or {}
         self._entries = []
         if not self.ready:
             return
@@ -63,7 +64,7 @@ class ModbusSensorDriver(ModbusDevice):
     async def command(self, op, args):
         """A profile command (e.g. SenseAir "background_calibration": one holding register
         write). Returns (ok, message)."""
-        spec = self.profile.get("commands", {}).get(op)
+        spec = self._commands.get(op)
         if spec is None or not self.ready:
             return False, "%s has no command %r" % (self.id, op)
         if spec.get("table", "holding") != "holding":
