@@ -14,12 +14,13 @@ committed (and by `load_pending()` for frames a previous run left). A group is d
 Events: "an event reaches the broker within event_window_ms of when it happened, batched as late
 as that allows". The node's own pipeline (debounce, link, spool: some 50-90 ms from a loop edge)
 is part of the window rather than added to it, as it was when the window began at the frame's
-arrival; events that arrive together still share a batch. note() gets no payload, so the event
-times are read back from the spool as frames are noted, for the first _READ_FRAMES frames of a
-group (a node's drivers reach the gateway with different delays: a loop edge's event some 75 ms
-after its edge, a phase event some 10 ms after its poll, so a later frame may hold an older
-event); beyond those (a burst, which the window seals soon) the cost stays bounded and an event
-waits at most the window from its group's first arrival. A node clock ahead of the gateway's
+arrival; events that arrive together still share a batch. note() is told each frame's oldest
+event time (StoredFrame.oldest_event_ms, from the node session that converted it), and the group
+keeps the oldest of all (a node's drivers reach the gateway with different delays: a loop edge's
+event some 75 ms after its edge, a phase event some 10 ms after its poll, so a later frame may hold
+an older event). A frame noted without it (a seal being retried) has its event times read back
+from the spool, for the first _READ_FRAMES frames of a group; beyond those an event waits at most
+the window from its group's first arrival. A node clock ahead of the gateway's
 cannot hold an event back: the window never starts later than the oldest frame's arrival. Events
 a second or more old when they arrive are a backlog (resent after an outage; or a feed whose
 ticks map far into the past, as bench/gateway_throughput.py's do): their latency is lost already,
@@ -214,7 +215,11 @@ class Batcher:
         if group is None:
             group = self._groups[key] = _Group(stored.received_ms)
         group.first_ms = min(group.first_ms, stored.received_ms)
-        group.unread = group.unread or (stored.kind == "e" and group.frames < _READ_FRAMES)
+        if stored.oldest_event_ms is not None:
+            if group.event_ms is None or stored.oldest_event_ms < group.event_ms:
+                group.event_ms = stored.oldest_event_ms
+        else:
+            group.unread = group.unread or (stored.kind == "e" and group.frames < _READ_FRAMES)
         group.frames += 1
         group.readings += stored.readings
         self._wake.set()
@@ -243,13 +248,17 @@ class Batcher:
         frames = await self.spool.pending_frames()
         for frame in frames:
             readings = 0
+            oldest_event_ms = None
             if frame.kind in ("m", "e"):
                 try:
                     record = unpack_readings(frame.payload)
                     readings = len(record.measurements) + len(record.events)
+                    if record.events:
+                        oldest_event_ms = min(event.utc_ms for event in record.events)
                 except ReadingsError:
                     pass
-            self.note(StoredFrame(frame.node, frame.kind, frame.received_ms, readings))
+            self.note(StoredFrame(frame.node, frame.kind, frame.received_ms, readings,
+                                  oldest_event_ms))
         return len(frames)
 
     def _due_ms(self, kind: str, group: _Group) -> int:

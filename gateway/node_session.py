@@ -99,13 +99,17 @@ class SessionCounters:
 class StoredFrame:
     """What the batcher is told about a frame just committed to the spool."""
 
-    __slots__ = ("node", "kind", "received_ms", "readings")
+    __slots__ = ("node", "kind", "received_ms", "readings", "oldest_event_ms")
 
-    def __init__(self, node: str, kind: str, received_ms: int, readings: int) -> None:
+    def __init__(self, node: str, kind: str, received_ms: int, readings: int,
+                 oldest_event_ms: int | None = None) -> None:
         self.node = node
         self.kind = kind
         self.received_ms = received_ms
         self.readings = readings
+        # Events: the oldest event's own UTC time, so the batcher can start the event window
+        # from it without reading the frame back from the spool (None: not known).
+        self.oldest_event_ms = oldest_event_ms
 
 
 class BootState:
@@ -153,14 +157,16 @@ class BootState:
 class _Pending:
     """A DATA/HEALTH frame on its way into the spool."""
 
-    __slots__ = ("state", "seq", "tick", "records")
+    __slots__ = ("state", "seq", "tick", "records", "oldest_event_ms")
 
     def __init__(self, state: BootState, seq: int, tick: int,
-                 records: list[tuple[str, int, bytes, int]]) -> None:
+                 records: list[tuple[str, int, bytes, int]],
+                 oldest_event_ms: int | None = None) -> None:
         self.state = state
         self.seq = seq
         self.tick = tick
         self.records = records  # (kind, spool boot key, payload, reading count)
+        self.oldest_event_ms = oldest_event_ms  # of its "e" record, if it has one
 
 
 class NodeSession:
@@ -332,10 +338,12 @@ class NodeSession:
         m_payload, e_payload = pack_converted(self.node, state.boot, converted)
         if m_payload is not None:
             records.append(("m", state.boot, m_payload, len(converted.measurements)))
+        oldest_event_ms = None
         if e_payload is not None:
             records.append(("e", EVENT_BOOT_OFFSET + state.boot, e_payload,
                             len(converted.events)))
-        return _Pending(state, frame.seq, tick, records)
+            oldest_event_ms = min(event.utc_ms for event in converted.events)
+        return _Pending(state, frame.seq, tick, records, oldest_event_ms)
 
     async def _store(self, pending: list[_Pending], arrival_ms: int) -> None:
         calls = [
@@ -361,7 +369,9 @@ class NodeSession:
                     elif kind == "e":
                         self.counters.events += count
                     if self.on_stored is not None:
-                        self.on_stored(StoredFrame(self.node, kind, arrival_ms, count))
+                        self.on_stored(StoredFrame(
+                            self.node, kind, arrival_ms, count,
+                            item.oldest_event_ms if kind == "e" else None))
                 else:
                     self.counters.duplicates += 1
             item.state.settle(item.seq, item.tick)

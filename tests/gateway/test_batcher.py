@@ -34,6 +34,9 @@ class Fixture:
         self.spool = spool
         self.seq = 0
         self.sealed: list[SealedBatch] = []
+        # NodeSession tells the batcher each events frame's oldest event time; False exercises
+        # the read-back from the spool that frames noted without it take.
+        self.tell_event_time = True
 
     def batcher(self, **settings: Any) -> Batcher:
         policy = settings.pop("policy", lambda node, stream: None)
@@ -52,7 +55,8 @@ class Fixture:
             assert await self.spool.add_frame(node, key, self.seq, kind,
                                               pack_readings(node, boot, ms, es), T0 + received)
             if batcher is not None:
-                batcher.note(StoredFrame(node, kind, T0 + received, len(ms) + len(es)))
+                oldest = min(e.utc_ms for e in es) if es and self.tell_event_time else None
+                batcher.note(StoredFrame(node, kind, T0 + received, len(ms) + len(es), oldest))
 
 
 @pytest.fixture
@@ -168,7 +172,7 @@ async def test_frames_a_previous_run_left_are_sealed_after_a_restart(tmp_path: P
         await spool.next_gateway_boot()
         b = Fixture(spool).batcher(event_window_ms=100)
         assert await b.load_pending() == 2
-        assert b.next_due_ms() == T0 + 5 + 100  # by arrival until the event times are read
+        assert b.next_due_ms() == T0 + 100  # from the event's own time, read as it loads
         (events,) = await b.flush_due(T0 + 100)  # the event happened at T0
         assert events.topic.endswith("/e")
         (measurements,) = await b.flush_due(T0 + 10_005)
@@ -189,7 +193,9 @@ async def test_run_seals_groups_as_they_fall_due(fx: Fixture) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_the_event_window_counts_from_the_events_own_time(fx: Fixture) -> None:
+@pytest.mark.parametrize("told", [True, False], ids=["time-told", "time-read-back"])
+async def test_the_event_window_counts_from_the_events_own_time(fx: Fixture, told: bool) -> None:
+    fx.tell_event_time = told
     b = fx.batcher(event_window_ms=100)
     # Happened at T0, arrived 70 ms later (debounce, link, spool): due at T0 + 100, not T0 + 170.
     await fx.add(b, events=[Event(T0 + 40, 81, 1), Event(T0, 82, 1)], received=70)
