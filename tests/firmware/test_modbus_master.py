@@ -255,9 +255,13 @@ async def main(text):
             out(step=i)
         elif op == "plan":
             profile = step["profile"]
+            before = hal.ticks_us()
             results = await m.read_plan(step["unit"], profile_plan(profile, profile["registers"]),
                                         any_address=step.get("any_address", False))
-            out(step=i, results=[shown(r) for r in results])
+            after = hal.ticks_us()
+            out(step=i, results=[shown(r) for r in results],
+                reply_start_us=[hal.ticks_diff(m.reply_start_us, before),
+                                hal.ticks_diff(after, m.reply_start_us)])
         elif op == "request":
             try:
                 result = await m.request(step["unit"], bytes.fromhex(step["adu"]),
@@ -343,6 +347,11 @@ async def test_merged_reads_exceptions_and_timeouts(runtime: str, build_dir: Pat
         records = await _run_steps(runtime, build_dir, peer.address, steps, {"empty": empty.address})
     by_step = {r["step"]: r for r in records if "step" in r}
     assert by_step["one"]["results"] == FOUR_VALUES
+    # The reply's start, estimated back from its arrival by its length at the baud rate, comes
+    # after the whole 8-byte request was on the wire and 17 byte times before the read returned.
+    char_us = 11 * 1_000_000 / BAUD
+    after_send, before_return = by_step["one"]["reply_start_us"]
+    assert after_send >= 8 * char_us and before_return >= int(17 * char_us)
     assert by_step["max2"]["results"] == FOUR_VALUES
     assert by_step["each"]["results"] == FOUR_VALUES
     gap_fault = {"fault": modbus_fault(rtu.ILLEGAL_DATA_ADDRESS)}
