@@ -9,7 +9,6 @@ alive and no driver is crash-looping, so a wedged node resets rather than going 
 """
 
 import asyncio
-import json
 
 from firmware import hal
 from firmware.clock import GatewayClock
@@ -168,7 +167,3 @@ def _task_error(task):
 def run():
     """Entry point on a board (main.py)."""
     asyncio.run(main())
-
-
-if __name__ == "__main__":
-    print(json.dumps({"firmware": FW_VERSION}))
