@@ -17,7 +17,8 @@ accounting must find. A scenario is a TOML file (hil/scenarios/*.toml):
     [nodes]                    # every board's config: top-level keys (interval_s) and
     interval_s = 5
     [nodes.link]               # link settings (firmware/link_client.py SETTINGS)
-    ring_slots = 24
+    ring_slots = 48
+    ring_bytes = 16384
     [nodes.devices.pm1]        # per device id: keys merged into that device's entry
     warmup_s = 0
 
