@@ -58,7 +58,8 @@ def test_node_configs_carry_the_scenario_and_its_dead_unit() -> None:
     configs = node_configs(load_inventory(), load_profiles(), scenario)
     assert set(configs) == {"cab-pico", "air-esp32", "air-pico"}
     cab = configs["cab-pico"]
-    assert cab["interval_s"] == 5 and cab["link"]["ring_slots"] == 48 and cab["link"]["baud"] == 115200
+    assert cab["interval_s"] == 5 and cab["link"]["baud"] == 115200
+    assert cab["link"]["ring_slots"] == 64 and cab["link"]["ring_bytes"] == 32768
     fault = scenario.faults_of("dead_unit")[0]
     dead = next(d for d in cab["devices"] if d["id"] == dead_unit_id(fault))
     assert (dead["bus"], dead["address"], dead["profile"]) == ("rs485", 2, "generic-modbus-sensor")
