@@ -83,5 +83,6 @@ async def _demo(console: Console, scenario: object, folder: Path, broker: str | 
                 return 1
             return 0
         await view.run_live(duration_s=duration)
+        console.line()  # the live view's last frame may end mid-line when output is not a terminal
         console.print(view.summary())
     return 0
