@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from citynerve.flash_console import (
     MKDIR_SCRIPT,
@@ -373,6 +373,18 @@ def _write_manifest(board: BoardConsole, manifest: Manifest) -> None:
                f"moving /{MANIFEST} into place")
 
 
+def _abandon_copy(board: BoardConsole, plan: FlashPlan, written: list[str],
+                  exc: FlashError) -> NoReturn:
+    """A copy that failed before any rename: remove its temporary files and say the old firmware
+    is intact (a full board keeps its own, more precise error)."""
+    with contextlib.suppress(FlashError):
+        board.exec(REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
+    if isinstance(exc, BoardFullError):
+        raise exc
+    raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
+                    replaced=[], board=plan.board, port=board.port) from None
+
+
 def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: FlashProgress, *,
           before_rename: Any = None) -> None:
     todo = plan.to_copy
@@ -388,24 +400,14 @@ def _copy(board: BoardConsole, plan: FlashPlan, result: FlashResult, progress: F
             written.append(target)
             board.write(file, target, progress)
     except FlashError as exc:
-        with contextlib.suppress(FlashError):
-            board.exec(REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
-        if isinstance(exc, BoardFullError):
-            raise
-        raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
-                        replaced=[], board=plan.board, port=board.port) from None
+        _abandon_copy(board, plan, written, exc)
     finally:
         progress.copy_finished()
     if before_rename is not None:
         try:
             before_rename()
         except FlashError as exc:
-            with contextlib.suppress(FlashError):
-                board.exec(REMOVE_SCRIPT.format(paths=written), "removing the temporary files")
-            if isinstance(exc, BoardFullError):
-                raise
-            raise CopyError(f"{exc}; nothing was replaced, the old firmware is intact: flash again",
-                            replaced=[], board=plan.board, port=board.port) from None
+            _abandon_copy(board, plan, written, exc)
     pairs = [("/" + f.path + TMP_SUFFIX, "/" + f.path) for f in todo]
     try:
         out = board.exec(RENAME_SCRIPT.format(pairs=pairs), "moving the new files into place")
