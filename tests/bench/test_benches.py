@@ -59,6 +59,8 @@ def test_wire_sizes_on_a_short_stream() -> None:
         assert total.readings == stream.readings == kinds["m"].readings + kinds["e"].readings
         assert total.cnb1_zlib * 5 < total.json  # cnb1 is several times smaller than JSON
         assert total.wire_json > total.json and total.wire_cnb1_zlib > total.cnb1_zlib
+        # The floor is a lower bound: no batch the gateway really encodes is smaller.
+        assert 0 < total.floor < total.cnb1_zlib
     # Longer windows amortise a batch's fixed cost: per reading, 30 s batches beat 10 s batches,
     # and events batched over 10 s beat events sent within 100 ms.
     per = lambda s: s.cnb1_zlib / s.readings  # noqa: E731
@@ -71,7 +73,7 @@ def test_wire_size_bench_runs() -> None:
     out = subprocess.run([sys.executable, str(BENCH / "wire_size.py")], capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert "reproduces REFERENCE.md §7's 46-byte vector" in out
-    assert out.count("vs Sparkplug B") == 2 * len(wire_size.SCHEDULES)
+    assert out.count("vs Sparkplug B") == 3 * len(wire_size.SCHEDULES)  # payload, wire, floor
 
 
 @pytest.mark.long
