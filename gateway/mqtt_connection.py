@@ -10,20 +10,35 @@ exceeded) would look delivered and the spool would delete it; and (b) a publish 
 connection drops just waits for its timeout. So this module registers one future per packet id
 on paho's on_publish, resolves it with the reason code, and fails every pending one the moment
 the connection is lost, and the caller re-sends on the next connection. aiomqtt still does what
-it is good at: the executor connect and TLS, the socket callbacks on the event loop, subscribe,
-and the incoming message queue.
+it is good at: the executor connect and TLS, subscribe, and the incoming message queue (the
+socket callbacks are ours: see below).
 
 Why watch paho's on_disconnect. When the broker ends the session before CONNACK (a TLS 1.3
 broker rejecting our client certificate sends its alert after the handshake), aiomqtt's connect
 would wait for its whole timeout and then say only "Operation timed out". The wrapper sees the
 close at once, and the paho log line captured just before it says why.
+
+Why our own socket callbacks (paho's on_socket_open/close/register_write/unregister_write and
+the loop_misc task) instead of aiomqtt's. aiomqtt 2.5 answers on_socket_register_write (and
+on_socket_open) by *scheduling* `loop.add_writer(sock.fileno(), ...)` with call_soon_threadsafe,
+even when paho calls it on the event loop's own thread, while it unregisters at once. A publish
+made in the same loop iteration in which the reader callback then reads the broker's FIN (a
+broker stopped mid-stream, with publishes from many drain workers) goes: publish -> add_writer
+scheduled; reader -> EOF -> paho unregisters (nothing registered yet) and closes the socket; next
+iteration -> add_writer on the closed descriptor: epoll says EBADF and asyncio logs "Exception
+in callback BaseSelectorEventLoop.add_writer(15, ...)" at error level. Had the number been reused
+in between, the dead client's writer would have been attached to another socket. Here a call on
+the loop thread takes effect at once, in paho's order; a call from aiomqtt's connect thread is
+scheduled and, when it runs, applies only if that socket is still the client's open socket
+(otherwise it is dropped and counted, at debug level). Every registration is undone before paho
+closes the socket, because paho calls on_socket_close just before closing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -114,6 +129,13 @@ class MqttConnection:
         self._paho: paho_client.Client | None = None
         self._opened = False
         self.session_present: bool | None = None
+        # Socket bookkeeping (see the module docstring): the descriptor we asked the loop to
+        # watch for reading / writing, the loop_misc task, and how many late registrations for
+        # a socket already closed were dropped.
+        self._reading_fd: int | None = None
+        self._writing_fd: int | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        self.stale_socket_calls = 0
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -174,6 +196,128 @@ class MqttConnection:
                 self._loop.call_soon_threadsafe(self._mark_lost, detail)
         assert self._client is not None
         self._client._on_disconnect(client, userdata, flags, reason, props)
+        self._retrieve_disconnected()
+
+    def _retrieve_disconnected(self) -> None:
+        """aiomqtt keeps the disconnect error in a future that only its message iterator reads;
+        with no iterator left (a connection dropped while setting up, or the reader cancelled
+        first) asyncio would log "Future exception was never retrieved" at error level when the
+        client is collected. We report the loss ourselves, so mark it read."""
+        client = self._client
+        future = getattr(client, "_disconnected", None) if client is not None else None
+        if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+            future.exception()
+
+    # -- socket callbacks (see the module docstring) ----------------------------------------------
+
+    def _on_loop_thread(self, action: Callable[..., None], *args: Any) -> None:
+        """Run `action` now on the loop's thread, or schedule it there from another thread."""
+        if _running_loop() is self._loop:
+            action(*args)
+        else:
+            with suppress(RuntimeError):  # the loop is already closed: nothing to watch any more
+                self._loop.call_soon_threadsafe(action, *args)
+
+    def _is_open_socket(self, sock: Any) -> bool:
+        paho = self._paho
+        return paho is not None and paho._sock is sock and sock.fileno() >= 0
+
+    def _stale(self, what: str, sock: Any) -> None:
+        self.stale_socket_calls += 1
+        self._log.debug(
+            "MQTT broker %s: %s for a socket already closed (%r); ignored", self.broker, what, sock
+        )
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._on_loop_thread(self._watch_reads, sock)
+
+    def _watch_reads(self, sock: Any) -> None:
+        if not self._is_open_socket(sock):
+            self._stale("reader registration", sock)
+            return
+        self._reading_fd = sock.fileno()
+        self._loop.add_reader(self._reading_fd, self._readable)
+        if self._misc_task is None or self._misc_task.done():
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._on_loop_thread(self._watch_writes, sock)
+
+    def _watch_writes(self, sock: Any) -> None:
+        if not self._is_open_socket(sock):
+            self._stale("writer registration", sock)
+            return
+        if self._paho is not None and not self._paho._registered_write:
+            return  # paho unregistered it again before this scheduled call ran
+        self._writing_fd = sock.fileno()
+        self._loop.add_writer(self._writing_fd, self._writable)
+
+    def _on_socket_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        # At once, whatever the thread: paho may close the socket right after this returns.
+        fd, self._writing_fd = self._writing_fd, None
+        if fd is not None:
+            self._loop.remove_writer(fd)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        # paho calls this just before sock.close(): the descriptor is still ours to unregister.
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        reading, self._reading_fd = self._reading_fd, None
+        writing, self._writing_fd = self._writing_fd, None
+        if reading is not None:
+            self._loop.remove_reader(reading)
+        if writing is not None:
+            self._loop.remove_writer(writing)
+        task, self._misc_task = self._misc_task, None
+        if task is not None and not task.done():
+            if _running_loop() is self._loop:
+                task.cancel()
+            else:
+                with suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(task.cancel)
+
+    def _readable(self) -> None:
+        paho = self._paho
+        assert paho is not None
+        try:
+            while True:
+                paho.loop_read()
+                # loop_read does not always consume everything an SSL socket has decoded
+                # (eclipse-paho/paho.mqtt.python#131): read on while it holds some.
+                sock = paho._sock
+                pending = getattr(sock, "pending", None)
+                if sock is None or pending is None or pending() <= 0:
+                    break
+        except Exception as error:  # noqa: BLE001 - a broken socket: this connection is over
+            self._socket_failed(error)
+
+    def _writable(self) -> None:
+        paho = self._paho
+        assert paho is not None
+        try:
+            paho.loop_write()
+        except Exception as error:  # noqa: BLE001 - a broken socket: this connection is over
+            self._socket_failed(error)
+
+    def _socket_failed(self, error: Exception) -> None:
+        client = self._client
+        future = getattr(client, "_disconnected", None) if client is not None else None
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(error)  # ends aiomqtt's message iterator, as aiomqtt would
+        self._retrieve_disconnected()
+        self._mark_lost(self._paho_log.last_error or f"socket error ({error!r})")
+        paho = self._paho
+        if paho is not None:
+            with suppress(Exception):
+                paho._sock_close()
+
+    async def _misc_loop(self) -> None:
+        """paho's housekeeping: keepalive PINGREQs, and giving up on a silent broker."""
+        paho = self._paho
+        assert paho is not None
+        while paho.loop_misc() == paho_client.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
 
     # -- connect -----------------------------------------------------------------------------------
 
@@ -211,6 +355,10 @@ class MqttConnection:
         paho.on_publish = self._on_publish
         paho.on_connect = self._on_connect
         paho.on_disconnect = self._on_disconnect
+        paho.on_socket_open = self._on_socket_open
+        paho.on_socket_close = self._on_socket_close
+        paho.on_socket_register_write = self._on_socket_register_write
+        paho.on_socket_unregister_write = self._on_socket_unregister_write
         self._paho = paho
         return client
 
@@ -388,4 +536,6 @@ class MqttConnection:
         if paho is not None:
             with suppress(Exception):
                 paho._sock_close()  # private: paho has no public "close, no DISCONNECT"
+        self._unwatch()  # in case paho had no socket left to close
+        self._retrieve_disconnected()
         self._mark_lost("aborted")
