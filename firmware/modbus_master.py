@@ -1,11 +1,12 @@
 """The node's Modbus RTU master: one per bus, one transaction at a time, a dead unit never stalls it.
 
-The bytes are protocols/' business (modbus_rtu builds and checks ADUs, modbus_receiver frames the
-reply stream, modbus_plan merges registers into reads); this module owns the bus: time, retries,
-per-unit health and counters.
+The bytes are protocols/' business (modbus_adu builds and checks ADUs, modbus_framing frames the
+reply stream, modbus_plan merges registers into reads: the master's part of the codec, so the node
+does not carry modbus_rtu's server side); this module owns the bus: time, retries, per-unit health
+and counters.
 
 - Silence: t3.5 of bus silence before each request (Modbus over Serial Line V1.02 §2.5.1.1:
-  3.5 character times, fixed at 1.75 ms above 19200 baud; modbus_rtu.t35_us).
+  3.5 character times, fixed at 1.75 ms above 19200 baud; modbus_timing.t35_us).
 - Framing: by length and CRC. A node cannot see the inter-character gaps the spec frames by:
   the UART's buffer (and, in the harness, a TCP hop) hands bytes over in chunks. Input left over
   from an earlier exchange is discarded before each request.
@@ -13,7 +14,7 @@ per-unit health and counters.
   (the profile's "turnaround_ms": how long the device takes to start answering) + timeout_ms of
   slack, counted from the write.
 - Outcomes, each with its own counter and fault code: a reply (ok); an exception reply
-  (ModbusException from protocols.modbus_rtu, the device is alive: FAULT_MODBUS_EXCEPTION | code);
+  (ModbusException from protocols.modbus_adu, the device is alive: FAULT_MODBUS_EXCEPTION | code);
   a candidate reply that failed its CRC (crc_errors, FAULT_CHECKSUM); bytes that never formed a
   valid reply, or a reply that does not answer the request (framing_errors, FAULT_FRAMING);
   silence (timeouts, FAULT_TIMEOUT). Failures other than exceptions are retried.
@@ -28,11 +29,11 @@ import asyncio
 from firmware.register_entry import register_words
 from protocols.quality_codes import (
     FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_UNAVAILABLE, modbus_fault)
+from protocols.modbus_adu import (
+    ANY_ADDRESS, ModbusException, ModbusFrameError, parse_reply, reply_length, request_head)
+from protocols.modbus_framing import RtuFramer
 from protocols.modbus_plan import plan_reads
-from protocols.modbus_receiver import RtuReceiver
-from protocols.modbus_rtu import (
-    ANY_ADDRESS, ModbusException, ModbusFrameError, char_time_us, expected_response_length,
-    parse_request, parse_response, t35_us)
+from protocols.modbus_timing import char_time_us, t35_us
 
 DEFAULT_TIMEOUT_MS = 100  # slack beyond the wire time; USB adapters and OS latency fit in it
 DEFAULT_RETRIES = 1
@@ -109,7 +110,7 @@ class ModbusMaster:
         self._char_us = char_time_us(baud, framing)
         self._t35_us = int(t35_us(baud, framing)) + 1
         self._lock = asyncio.Lock()
-        self._rx = RtuReceiver("master")  # no baud: frame by length and CRC (see module doc)
+        self._rx = RtuFramer()  # by length and CRC (see module doc)
         self._done = asyncio.Event()
         self._armed = asyncio.Event()  # a transaction set its deadline: the expiry task wakes
         self._deadline = 0  # ticks_us by which the awaited reply must be complete
@@ -256,7 +257,7 @@ class ModbusMaster:
             # Whole ms, rounded up (see _transact's t3.5 wait).
             await asyncio.sleep((min(left, EXPIRY_NAP_MS * 1000) + 999) // 1000 / 1000)
 
-    async def _transact(self, st, req, adu, timeout_ms):
+    async def _transact(self, st, head, adu, timeout_ms):
         """One request on the wire: its parsed reply, or ModbusException / ModbusError."""
         # t3.5 of quiet first, in whole ms, rounded up and checked again: MicroPython's
         # asyncio.sleep(s) is sleep_ms(int(s * 1000)), which cut t3.5 short (1 ms for 1.75 ms at
@@ -268,9 +269,9 @@ class ModbusMaster:
             await asyncio.sleep(((left + 999) // 1000) / 1000)
         self.uart.discard_input()
         rx = self._rx
-        reply_len = expected_response_length(req)
+        reply_len = reply_length(head)
         if reply_len:
-            rx.expect(req)  # drops what is still buffered: it answers nothing we are waiting for
+            rx.expect_reply(head)  # drops what is still buffered: it answers nothing we are waiting for
         self._frame = None
         self._crc_mark = rx.counters["bad_crc"]
         bytes_mark = rx.counters["bytes"]
@@ -302,7 +303,7 @@ class ModbusMaster:
         self._frame = None
         if frame is not None:
             try:
-                return parse_response(req, frame)
+                return parse_reply(head, frame)
             except ModbusFrameError as exc:
                 raise ModbusError(FAULT_FRAMING, st.unit, "unit %d sent a reply that does not "
                                   "answer its request: %s" % (st.unit, exc.reason))
@@ -316,12 +317,13 @@ class ModbusMaster:
                           % (st.unit, int(wait_us // 1000)))
 
     async def request(self, unit, request_adu, timeout_ms=None, retries=None, any_address=False):
-        """Send `request_adu` (a whole ADU from protocols.modbus_rtu's builders) to `unit` and
-        return parse_response's values. Raises ModbusException for an exception reply and
-        ModbusError (fault FAULT_TIMEOUT / CHECKSUM / FRAMING / UNAVAILABLE) otherwise."""
+        """Send `request_adu` (a whole request ADU, from protocols.modbus_rtu's builders or
+        anywhere: it gets parse_request's checks, modbus_adu.request_head) to `unit` and return
+        parse_response's values. Raises ModbusException for an exception reply and ModbusError
+        (fault FAULT_TIMEOUT / CHECKSUM / FRAMING / UNAVAILABLE) otherwise."""
         st = self._unit(unit)
-        req = parse_request(request_adu)
-        if req.unit == ANY_ADDRESS and not any_address:
+        head = request_head(request_adu)
+        if head[0] == ANY_ADDRESS and not any_address:
             raise ValueError("unit 0xFE answers only devices whose profile sets any_address")
         err = self._skip(st)
         if err is not None:
@@ -334,7 +336,7 @@ class ModbusMaster:
         try:
             for _ in range(attempts):
                 try:
-                    values = await self._transact(st, req, request_adu, timeout_ms)
+                    values = await self._transact(st, head, request_adu, timeout_ms)
                 except ModbusException:
                     st.counters["exceptions"] += 1
                     self._alive(st)

@@ -11,7 +11,7 @@ Some devices answer unmapped registers with exception 02 (illegal data address),
 filling is off unless a profile sets `max_gap`.
 """
 
-from protocols.modbus_rtu import READ_LIMITS, ModbusRequest, build_request, expected_response_length
+from protocols.modbus_adu import READ_LIMITS, read_request, reply_length
 from protocols.modbus_timing import transaction_time_us
 
 TABLES = {"coil": 0x01, "discrete": 0x02, "holding": 0x03, "input": 0x04}
@@ -43,12 +43,12 @@ class PlannedRead:
         last = self._adu
         if last is not None and last[0] == unit and last[1] == any_address:
             return last[2]
-        adu = build_request(ModbusRequest(unit, self.function, self.start, self.count), any_address)
+        adu = read_request(unit, self.function, self.start, self.count, any_address)
         self._adu = (unit, any_address, adu)
         return adu
 
     def response_length(self):
-        return expected_response_length(ModbusRequest(1, self.function, self.start, self.count))
+        return reply_length((1, self.function, self.start, self.count))
 
     def __iter__(self):
         return iter((self.table, self.start, self.count))

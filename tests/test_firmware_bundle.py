@@ -17,10 +17,12 @@ from tests.conftest import REPO_ROOT
 INVENTORY = load_inventory()
 PROFILES = load_profiles()
 BOARDS = [b["id"] for b in boards(INVENTORY)]
-# Never on a board: the server side of Modbus, the gateway's batch format, the harness's generators.
-HOST_ONLY = {"protocols/modbus_server.py", "protocols/batch_cnb1.py", "protocols/batch_builder.py",
-             "protocols/batch_columns.py", "firmware/traffic_sim.py"}
-MODBUS = {"protocols/modbus_rtu.py", "protocols/modbus_receiver.py", "protocols/modbus_plan.py",
+# Never on a board: the server side of Modbus and the whole codec around the master's part (a node
+# carries modbus_adu and modbus_framing), the gateway's batch format, the harness's generators.
+HOST_ONLY = {"protocols/modbus_server.py", "protocols/modbus_rtu.py", "protocols/modbus_receiver.py",
+             "protocols/batch_cnb1.py", "protocols/batch_builder.py", "protocols/batch_columns.py",
+             "firmware/traffic_sim.py"}
+MODBUS = {"protocols/modbus_adu.py", "protocols/modbus_framing.py", "protocols/modbus_plan.py",
           "protocols/modbus_timing.py", "firmware/modbus_master.py", "firmware/drivers/modbus_device.py"}
 
 

@@ -12,7 +12,7 @@ import asyncio
 
 from firmware.modbus_master import ModbusMaster, fault_of
 from firmware.register_entry import RegisterError, check_entry
-from protocols.modbus_rtu import ANY_ADDRESS, MAX_UNIT
+from protocols.modbus_adu import ANY_ADDRESS, MAX_UNIT
 
 _TUNING = ("timeout_ms", "retries", "offline_after", "backoff_ms", "backoff_max_ms")
 

@@ -1,0 +1,309 @@
+"""Modbus RTU, what a master carries: read and single-register-write requests, the checks of a raw
+request ADU, and the checks and decoding of its reply.
+
+Sources as protocols/modbus_rtu.py, which is the whole codec (every function's builder, requests as
+ModbusRequest objects, request parsing, stream lengths of requests) and re-exports all of this.
+A node's firmware imports this module instead, so its flash holds only the master's side: a
+request is handled here as its head, the tuple (unit, function, address, word) of its first six
+bytes, where `word` is the quantity of 01-04, 0F, 10 (and the read quantity of 17) and the written
+value of 05 (FF00 or 0000) and 06. That is everything its reply is checked against: a write's
+reply echoes the head's address and word.
+"""
+
+from protocols.crc import crc16_modbus
+from protocols.errors import ProtocolError
+
+FUNCTIONS = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0F, 0x10, 0x17)
+
+BROADCAST = 0  # serial spec §2.2: no reply, writes only
+MAX_UNIT = 247  # 248..255 are reserved (serial spec §2.2)
+ANY_ADDRESS = 0xFE  # SenseAir S8 answers this whatever its own address (REFERENCE.md §4)
+MAX_ADU = 256  # serial spec §2.5.1
+EXCEPTION_LENGTH = 5  # unit, function | 0x80, code, CRC (application spec §7)
+
+# Quantity limits, application spec §6.1-6.17.
+READ_LIMITS = {0x01: 2000, 0x02: 2000, 0x03: 125, 0x04: 125, 0x17: 125}
+WRITE_LIMITS = {0x0F: 1968, 0x10: 123, 0x17: 121}
+
+ILLEGAL_FUNCTION = 0x01
+ILLEGAL_DATA_ADDRESS = 0x02
+ILLEGAL_DATA_VALUE = 0x03
+EXCEPTION_NAMES = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+
+COIL_ON = 0xFF00  # application spec §6.5: FF00 = on, 0000 = off, anything else is illegal
+READS = (0x01, 0x02, 0x03, 0x04)
+ECHOES = (0x05, 0x06, 0x0F, 0x10)
+
+
+class ModbusFrameError(ProtocolError):
+    """Malformed bytes, or a response that does not answer its request."""
+
+
+class ModbusRequestError(ProtocolError):
+    """Request fields outside the spec's limits. `code` is the exception code a server answers
+    with (01 unsupported function, 02 address range, 03 quantity or value); `unit` and `function`
+    are set when parse_request raised it, so an emulator can call build_exception directly."""
+
+    def __init__(self, reason, code=ILLEGAL_DATA_VALUE, offset=None, unit=None, function=None):
+        ProtocolError.__init__(self, reason, offset)
+        self.code = code
+        self.unit = unit
+        self.function = function
+
+
+class ModbusException(Exception):
+    """A well-formed exception response: the device understood and refused. Not a ProtocolError,
+    so callers report it as the sample's quality rather than as line noise."""
+
+    def __init__(self, unit, function, code):
+        self.unit = unit
+        self.function = function
+        self.code = code
+        self.name = exception_name(code)
+        super().__init__("unit %d answered function 0x%02X with exception %02X (%s)"
+                           % (unit, function, code, self.name))
+
+
+def exception_name(code):
+    return EXCEPTION_NAMES.get(code, "unknown exception code")
+
+
+# --- encoding helpers (shared with modbus_rtu and modbus_server) ---------------------------------
+
+def with_crc(head):
+    """Append the CRC, low byte first (serial spec §2.5.1.2), to a bytearray and return bytes."""
+    crc = crc16_modbus(head)
+    head.append(crc & 0xFF)
+    head.append(crc >> 8)
+    return bytes(head)
+
+
+def put_word(buf, value):
+    buf.append(value >> 8)
+    buf.append(value & 0xFF)
+
+
+def get_word(data, at):
+    return (data[at] << 8) | data[at + 1]
+
+
+def unpack_bits(data, at, count):
+    return [bool(data[at + (i >> 3)] & (1 << (i & 7))) for i in range(count)]
+
+
+# --- request checks and building -----------------------------------------------------------------
+
+def request_error(reason, code):
+    raise ModbusRequestError(reason, code)
+
+
+def check_unit(unit, function, any_address):
+    if not isinstance(unit, int):
+        request_error("unit must be an int, not %r" % (unit,), ILLEGAL_DATA_VALUE)
+    if unit == BROADCAST:
+        if function in ECHOES:
+            return
+        request_error("unit 0 is broadcast, which only writes (05, 06, 0F, 10) may use, not function 0x%02X"
+              % function, ILLEGAL_DATA_VALUE)
+    if unit == ANY_ADDRESS and any_address:
+        return
+    if not 1 <= unit <= MAX_UNIT:
+        request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
+
+
+def check_range(function, address, quantity, limit, what):
+    if not isinstance(address, int) or not 0 <= address <= 0xFFFF:
+        request_error("%s address %r is outside 0..65535" % (what, address), ILLEGAL_DATA_ADDRESS)
+    if not isinstance(quantity, int) or not 1 <= quantity <= limit:
+        request_error("%s quantity %r for function 0x%02X is outside 1..%d" % (what, quantity, function, limit),
+              ILLEGAL_DATA_VALUE)
+    if address + quantity > 0x10000:
+        request_error("%s range %d+%d runs past address 65535" % (what, address, quantity),
+              ILLEGAL_DATA_ADDRESS)
+
+
+def check_registers(values):
+    for v in values:
+        if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
+            request_error("register value %r is outside 0..0xFFFF" % (v,), ILLEGAL_DATA_VALUE)
+
+
+def _short_request(unit, function, address, word):
+    out = bytearray((unit, function))
+    put_word(out, address)
+    put_word(out, word)
+    return with_crc(out)
+
+
+def read_request(unit, function, address, quantity, any_address=False):
+    """The ADU reading `quantity` items from `address` with read function 01-04 (the same checks,
+    errors and bytes as modbus_rtu.build_request)."""
+    if function not in READS:
+        request_error("function %r is not one of 01-04" % (function,), ILLEGAL_FUNCTION)
+    check_unit(unit, function, any_address)
+    check_range(function, address, quantity, READ_LIMITS[function], "read")
+    return _short_request(unit, function, address, quantity)
+
+
+def write_single_register(unit, address, value, any_address=False):
+    check_unit(unit, 0x06, any_address)
+    check_range(0x06, address, 1, 1, "write")
+    check_registers((value,))
+    return _short_request(unit, 0x06, address, value)
+
+
+# --- a raw request's head ------------------------------------------------------------------------
+
+def check_crc(adu, what):
+    n = len(adu)
+    if n < 4:
+        raise ModbusFrameError("%s of %d bytes is shorter than the 4-byte minimum" % (what, n), n)
+    if n > MAX_ADU:
+        raise ModbusFrameError("%s of %d bytes is longer than the 256-byte maximum" % (what, n),
+                               MAX_ADU)
+    if crc16_modbus(adu) != 0:
+        raise ModbusFrameError("%s CRC does not match its bytes" % what, n - 2)
+
+
+def request_head(adu):
+    """(unit, function, address, word) of a whole request ADU, after every check parse_request
+    makes: ModbusFrameError for malformed bytes, ModbusRequestError (with the exception `code` to
+    answer, the unit and the function) for a well-formed request that breaks a limit or uses a
+    function this module does not support. Any unit byte is accepted: the server decides whether
+    it is addressed."""
+    check_crc(adu, "request")
+    n = len(adu)
+    unit = adu[0]
+    fn = adu[1]
+    if fn == 0 or fn & 0x80:
+        raise ModbusFrameError("function byte 0x%02X is not a request function" % fn, 1)
+    if fn not in FUNCTIONS:
+        raise ModbusRequestError("function 0x%02X is not supported" % fn, ILLEGAL_FUNCTION, 1,
+                                 unit, fn)
+    if unit == BROADCAST and fn not in ECHOES:
+        raise ModbusFrameError("a broadcast (unit 0) cannot carry read function 0x%02X" % fn, 1)
+    if fn == 0x0F or fn == 0x10:
+        fixed, count_at = 9, 6
+    elif fn == 0x17:
+        fixed, count_at = 13, 10
+    else:
+        fixed, count_at = 8, None
+    if n < fixed or (count_at is None and n != fixed):
+        raise ModbusFrameError("function 0x%02X request is %d bytes, not %d" % (fn, n, fixed),
+                               min(n, fixed) - 2)
+    if count_at is not None and n != fixed + adu[count_at]:
+        raise ModbusFrameError("byte count %d disagrees with the %d-byte request"
+                               % (adu[count_at], n), count_at)
+    address = get_word(adu, 2)
+    word = get_word(adu, 4)
+    if fn == 0x05 and word != COIL_ON and word != 0:
+        raise ModbusRequestError("coil value 0x%04X is neither FF00 nor 0000" % word,
+                                 ILLEGAL_DATA_VALUE, 4, unit, fn)
+    if count_at is not None:
+        count = get_word(adu, count_at - 2)
+        bc = adu[count_at]
+        if bc != ((count + 7) >> 3 if fn == 0x0F else 2 * count):
+            raise ModbusRequestError("byte count %d does not fit quantity %d" % (bc, count),
+                                     ILLEGAL_DATA_VALUE, count_at, unit, fn)
+    try:
+        if fn in READS:
+            check_range(fn, address, word, READ_LIMITS[fn], "read")
+        elif fn == 0x17:
+            check_range(fn, get_word(adu, 6), count, WRITE_LIMITS[fn], "write")
+            check_range(fn, address, word, READ_LIMITS[fn], "read")
+        elif count_at is not None:
+            check_range(fn, address, count, WRITE_LIMITS[fn], "write")
+    except ModbusRequestError as exc:
+        raise ModbusRequestError(exc.reason, exc.code, 2, unit, fn)
+    return unit, fn, address, word
+
+
+# --- replies -------------------------------------------------------------------------------------
+
+def reply_length(head):
+    """Bytes in the normal reply to the request whose head is `head`; 0 for a broadcast. An
+    exception reply is always EXCEPTION_LENGTH (5) bytes."""
+    fn = head[1]
+    if head[0] == BROADCAST:
+        return 0
+    if fn == 0x01 or fn == 0x02:
+        return 5 + ((head[3] + 7) >> 3)
+    if fn in ECHOES:
+        return 8
+    return 5 + 2 * head[3]
+
+
+def parse_reply(head, response):
+    """The decoded reply to the request whose head is `head` (see modbus_rtu.parse_response)."""
+    unit, fn, address, word = head
+    if unit == BROADCAST:
+        raise ModbusFrameError("a broadcast request gets no response")
+    n = len(response)
+    if n < EXCEPTION_LENGTH:
+        raise ModbusFrameError("response of %d bytes is shorter than the 5-byte minimum" % n, n)
+    check_crc(response, "response")
+    if response[0] != unit:
+        raise ModbusFrameError("response comes from unit %d, the request went to unit %d"
+                               % (response[0], unit), 0)
+    if response[1] == fn | 0x80:
+        if n != EXCEPTION_LENGTH:
+            raise ModbusFrameError("exception response is %d bytes, not 5" % n, 3)
+        raise ModbusException(unit, fn, response[2])
+    if response[1] != fn:
+        raise ModbusFrameError("response function 0x%02X does not answer function 0x%02X"
+                               % (response[1], fn), 1)
+    want = reply_length(head)
+    if fn in ECHOES:
+        if n != want:
+            raise ModbusFrameError("function 0x%02X response is %d bytes, not 8" % (fn, n), min(n, 8) - 2)
+        got = get_word(response, 2)
+        echoed = get_word(response, 4)
+        if got != address:
+            raise ModbusFrameError("response echoes address %d, the request wrote %d"
+                                   % (got, address), 2)
+        if echoed != word:
+            raise ModbusFrameError("response echoes 0x%04X, the request sent 0x%04X" % (echoed, word), 4)
+        return (got, echoed == COIL_ON) if fn == 0x05 else (got, echoed)
+    if response[2] != want - 5:
+        raise ModbusFrameError("byte count %d does not fit the %d requested items"
+                               % (response[2], word), 2)
+    if n != want:
+        raise ModbusFrameError("response is %d bytes, its byte count says %d" % (n, want), min(n, want) - 2)
+    if fn == 0x01 or fn == 0x02:
+        return unpack_bits(response, 3, word)
+    return [get_word(response, 3 + 2 * i) for i in range(word)]
+
+
+def response_length(head, function=None, start=0):
+    """A response's whole ADU length from its first bytes (at `start` in `head`, a byte buffer):
+    > 0 when known, 0 when more bytes are needed to tell, None when they cannot start a supported
+    reply; `function`, when given, is the function of the request being answered (anything else
+    cannot start the reply)."""
+    have = len(head) - start
+    if have < 2:
+        return 0
+    fn = head[start + 1]
+    if function is not None and fn != function and fn != function | 0x80:
+        return None
+    if fn & 0x80:
+        return EXCEPTION_LENGTH if 0x80 < fn else None
+    if fn in ECHOES:
+        return 8
+    if fn not in READS and fn != 0x17:
+        return None
+    if have < 3:
+        return 0
+    bc = head[start + 2]
+    if bc == 0 or bc > 250 or (fn > 0x02 and bc & 1):  # 2000 bits or 125 registers = 250 bytes
+        return None
+    return 5 + bc
