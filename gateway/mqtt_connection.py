@@ -235,6 +235,14 @@ class MqttConnection:
         if not self._is_open_socket(sock):
             self._stale("reader registration", sock)
             return
+        if self._lost.done():
+            # The connect thread opened this socket after the connection was given up (open()
+            # cancelled or aborted meanwhile): close it rather than keep a second session alive.
+            self._stale("socket opened after the connection was given up", sock)
+            assert self._paho is not None
+            with suppress(Exception):
+                self._paho._sock_close()
+            return
         self._reading_fd = sock.fileno()
         self._loop.add_reader(self._reading_fd, self._readable)
         if self._misc_task is None or self._misc_task.done():
@@ -247,8 +255,8 @@ class MqttConnection:
         if not self._is_open_socket(sock):
             self._stale("writer registration", sock)
             return
-        if self._paho is not None and not self._paho._registered_write:
-            return  # paho unregistered it again before this scheduled call ran
+        if self._lost.done() or (self._paho is not None and not self._paho._registered_write):
+            return  # given up, or paho unregistered it again before this scheduled call ran
         self._writing_fd = sock.fileno()
         self._loop.add_writer(self._writing_fd, self._writable)
 

@@ -196,3 +196,39 @@ async def test_publisher_through_broker_stops_with_publishes_in_every_iteration_
         gc.collect()  # "Future exception was never retrieved" is reported at collection
         await asyncio.sleep(0)
     assert not errors, describe(errors)
+
+
+async def test_a_socket_the_connect_thread_opens_after_abort_is_closed(broker: Mosquitto) -> None:
+    """open() can be given up (cancelled, or aborted) while aiomqtt's connect thread is still in
+    paho's connect(); the socket that thread then opens must not be watched and kept alive (its
+    keepalive would hold a second session with our client id), but closed."""
+    conn = await connect(broker.url)
+    late: socket.socket | None = None
+    try:
+        with loop_errors() as errors:
+            paho = conn._paho
+            assert paho is not None
+            conn.abort()
+            assert paho._sock is None and conn.lost
+            late = socket.create_connection((broker.host, broker.port))
+            late.setblocking(False)
+
+            def connect_thread_finishes() -> None:  # what paho's reconnect() does, in that thread
+                paho._sock = late
+                paho._registered_write = False
+                paho._call_socket_open(late)
+                paho._call_socket_register_write()
+
+            thread = threading.Thread(target=connect_thread_finishes)
+            thread.start()
+            thread.join()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert paho._sock is None and late.fileno() == -1, "the late socket was left open"
+            assert conn._misc_task is None and conn._reading_fd is None
+            assert conn._writing_fd is None
+        assert not errors, describe(errors)
+    finally:
+        conn.abort()
+        if late is not None:
+            late.close()
