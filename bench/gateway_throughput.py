@@ -257,7 +257,7 @@ class JsonPublisher:
 
 def _readings(table: list[list[Any]], message: dict[str, Any], utc_of_tick: Any) -> list[dict[str, Any]]:
     from protocols.batch_codes import event_name
-    from protocols.link_messages import data_events, data_samples
+    from protocols.link_data import data_events, data_samples
     from protocols.ticks import ticks_add
 
     out = []

@@ -317,10 +317,11 @@ class ModbusMaster:
                           % (st.unit, int(wait_us // 1000)))
 
     async def request(self, unit, request_adu, timeout_ms=None, retries=None, any_address=False):
-        """Send `request_adu` (a whole request ADU, from protocols.modbus_rtu's builders or
-        anywhere: it gets parse_request's checks, modbus_adu.request_head) to `unit` and return
-        parse_response's values. Raises ModbusException for an exception reply and ModbusError
-        (fault FAULT_TIMEOUT / CHECKSUM / FRAMING / UNAVAILABLE) otherwise."""
+        """Send `request_adu` (a whole request ADU from protocols.modbus_adu's or modbus_rtu's
+        builders, which check its fields; here only its CRC and length are, ModbusFrameError) to
+        `unit` and return modbus_rtu.parse_response's values. Raises ModbusException for an
+        exception reply and ModbusError (fault FAULT_TIMEOUT / CHECKSUM / FRAMING / UNAVAILABLE)
+        otherwise."""
         st = self._unit(unit)
         head = request_head(request_adu)
         if head[0] == ANY_ADDRESS and not any_address:

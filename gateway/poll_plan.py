@@ -21,7 +21,8 @@ from typing import Any
 
 from gateway.modbus_errors import ModbusPollerError, PollPlanError, PollPlanTooSlowError
 from gateway.register_values import RegisterSpec, StatusSpec, profile_registers, profile_status
-from protocols.modbus_plan import ModbusPlanError, PlannedRead, ReadPlan, plan_bus_time_us, plan_reads
+from protocols.modbus_plan import ModbusPlanError, PlannedRead, ReadPlan, plan_reads
+from protocols.modbus_plan_time import plan_bus_time_us
 from protocols.modbus_rtu import ANY_ADDRESS, MAX_UNIT, char_bits, transaction_time_us
 
 _REQUEST_LENGTH = 8  # unit, function, address, quantity, CRC: every read request

@@ -21,6 +21,9 @@ Every message the node sends (HELLO, DATA, HEALTH, RESULT) may also carry lo int
 the node may still send in this boot. Every seq below it was acknowledged or given up (its resend
 ring overflowed, a counted loss), so the gateway stops waiting for it and its cumulative ACK can
 move past the gap (firmware/link_client.py, "Numbering").
+
+Reading a decoded DATA message's flat arrays back as samples and events is
+protocols/link_data.py (a node only writes them).
 """
 
 from protocols.errors import ProtocolError
@@ -97,23 +100,3 @@ def decode_message(frame_type, payload):
     except MsgpackError as exc:
         raise LinkMessageError("payload is not msgpack: %s" % exc.reason, exc.offset)
     return _check(frame_type, message)
-
-
-def data_samples(message):
-    """Iterate a DATA message's measurements as (sid, dt, value, fault code or None, detail)."""
-    faults = {}
-    f = message.get("f", ())
-    for i in range(0, len(f), 3):
-        faults[f[i]] = (f[i + 1], f[i + 2])
-    m = message["m"]
-    for n in range(len(m) // 3):
-        fault = faults.get(n)
-        yield (m[3 * n], m[3 * n + 1], m[3 * n + 2],
-               fault[0] if fault else None, fault[1] if fault else None)
-
-
-def data_events(message):
-    """Iterate a DATA message's events as (dt, code, param)."""
-    e = message.get("e", ())
-    for i in range(0, len(e), 3):
-        yield (e[i], e[i + 1], e[i + 2])

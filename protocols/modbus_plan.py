@@ -9,15 +9,16 @@ one register per request), so a multi-register value is otherwise read in one pi
 
 Some devices answer unmapped registers with exception 02 (illegal data address), which is why gap
 filling is off unless a profile sets `max_gap`.
+
+A plan's wire time (the gateway's bus budget) is protocols/modbus_plan_time.py: a node does not
+carry it.
 """
 
 from protocols.modbus_adu import READ_LIMITS, read_request, reply_length
-from protocols.modbus_timing import transaction_time_us
 
 TABLES = {"coil": 0x01, "discrete": 0x02, "holding": 0x03, "input": 0x04}
 _TABLE_NAMES = {0x01: "coil", 0x02: "discrete", 0x03: "holding", 0x04: "input"}
 _ORDER = ("coil", "discrete", "holding", "input")
-_REQUEST_LENGTH = 8  # every read request is unit, function, address, quantity, CRC
 
 
 class ModbusPlanError(ValueError):
@@ -169,14 +170,3 @@ def plan_reads(wanted, max_gap=0, max_quantity=None, one_register_per_request=Fa
         for read_index, offset, count, i in assigned:
             segments[i].append((read_index, offset, count))
     return ReadPlan(reads, norm, segments)
-
-
-def plan_bus_time_us(plan, baud, framing="8E1", turnaround_us=0):
-    """Wire time of one pass over `plan` (a ReadPlan or PlannedReads): each read's request and
-    reply bytes, two t3.5 gaps and the device's turnaround (see modbus_rtu.transaction_time_us)."""
-    reads = plan.reads if isinstance(plan, ReadPlan) else plan
-    total = 0.0
-    for r in reads:
-        total += transaction_time_us(_REQUEST_LENGTH, r.response_length(), baud, framing,
-                                     turnaround_us)
-    return total

@@ -29,7 +29,7 @@ from gateway.readings import (
 )
 from gateway.readings_convert import convert_data
 from protocols.batch_codes import MAX_EVENT_CODE, MAX_EVENT_PARAM, MAX_FAULT_CODE
-from protocols.link_messages import data_events, data_samples
+from protocols.link_data import data_events, data_samples
 from protocols.ticks import TICKS_PERIOD, TickUnwrapper, ticks_add
 
 HALF = TICKS_PERIOD // 2

@@ -3,7 +3,8 @@ CPython and MicroPython)."""
 
 from protocols import modbus_rtu as rtu
 from protocols import modbus_server as server
-from protocols.modbus_plan import ModbusPlanError, plan_bus_time_us, plan_reads
+from protocols.modbus_plan import ModbusPlanError, plan_reads
+from protocols.modbus_plan_time import plan_bus_time_us
 from protocols.modbus_receiver import RtuReceiver
 from vectorlib import expect_close, expect_equal, expect_raises, unhex
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from protocols import modbus_rtu as rtu
 from protocols import modbus_server as server
-from protocols.modbus_plan import TABLES, plan_bus_time_us, plan_reads
+from protocols.modbus_plan import TABLES, plan_reads
+from protocols.modbus_plan_time import plan_bus_time_us
 from tests.protocols.fuzz import fuzz_settings
 
 EXAMPLES = 300
