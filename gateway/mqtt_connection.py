@@ -225,7 +225,7 @@ class MqttConnection:
     def _stale(self, what: str, sock: Any) -> None:
         self.stale_socket_calls += 1
         self._log.debug(
-            "MQTT broker %s: %s for a socket already closed (%r); ignored", self.broker, what, sock
+            "MQTT broker %s: %s (%r); ignored", self.broker, what, sock
         )
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -233,12 +233,12 @@ class MqttConnection:
 
     def _watch_reads(self, sock: Any) -> None:
         if not self._is_open_socket(sock):
-            self._stale("reader registration", sock)
+            self._stale("reader registration for a socket already closed", sock)
             return
         if self._lost.done():
             # The connect thread opened this socket after the connection was given up (open()
             # cancelled or aborted meanwhile): close it rather than keep a second session alive.
-            self._stale("socket opened after the connection was given up", sock)
+            self._stale("a socket opened after the connection was given up, closed", sock)
             assert self._paho is not None
             with suppress(Exception):
                 self._paho._sock_close()
@@ -253,7 +253,7 @@ class MqttConnection:
 
     def _watch_writes(self, sock: Any) -> None:
         if not self._is_open_socket(sock):
-            self._stale("writer registration", sock)
+            self._stale("writer registration for a socket already closed", sock)
             return
         if self._lost.done() or (self._paho is not None and not self._paho._registered_write):
             return  # given up, or paho unregistered it again before this scheduled call ran
