@@ -1,5 +1,6 @@
-"""Modbus RTU, what a master carries: read and single-register-write requests, the checks of a raw
-request ADU, and the checks and decoding of its reply.
+"""Modbus RTU, what a master carries: read requests, the check of a raw request ADU, and the checks
+and decoding of its reply (protocols/modbus_write.py adds the single-register write a profile
+command sends).
 
 Sources as protocols/modbus_rtu.py, which is the whole codec (every function's builder, requests as
 ModbusRequest objects, request parsing, stream lengths of requests) and re-exports all of this.
@@ -21,9 +22,8 @@ ANY_ADDRESS = 0xFE  # SenseAir S8 answers this whatever its own address (REFEREN
 MAX_ADU = 256  # serial spec §2.5.1
 EXCEPTION_LENGTH = 5  # unit, function | 0x80, code, CRC (application spec §7)
 
-# Quantity limits, application spec §6.1-6.17.
+# Read quantity limits, application spec §6.1-6.4 and §6.17 (modbus_rtu has the write limits).
 READ_LIMITS = {0x01: 2000, 0x02: 2000, 0x03: 125, 0x04: 125, 0x17: 125}
-WRITE_LIMITS = {0x0F: 1968, 0x10: 123, 0x17: 121}
 
 ILLEGAL_FUNCTION = 0x01
 ILLEGAL_DATA_ADDRESS = 0x02
@@ -132,13 +132,8 @@ def check_range(function, address, quantity, limit, what):
               ILLEGAL_DATA_ADDRESS)
 
 
-def check_registers(values):
-    for v in values:
-        if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
-            request_error("register value %r is outside 0..0xFFFF" % (v,), ILLEGAL_DATA_VALUE)
-
-
-def _short_request(unit, function, address, word):
+def short_request(unit, function, address, word):
+    """The 8-byte ADU of function 01-06 for fields already checked."""
     out = bytearray((unit, function))
     put_word(out, address)
     put_word(out, word)
@@ -152,14 +147,7 @@ def read_request(unit, function, address, quantity, any_address=False):
         request_error("function %r is not one of 01-04" % (function,), ILLEGAL_FUNCTION)
     check_unit(unit, function, any_address)
     check_range(function, address, quantity, READ_LIMITS[function], "read")
-    return _short_request(unit, function, address, quantity)
-
-
-def write_single_register(unit, address, value, any_address=False):
-    check_unit(unit, 0x06, any_address)
-    check_range(0x06, address, 1, 1, "write")
-    check_registers((value,))
-    return _short_request(unit, 0x06, address, value)
+    return short_request(unit, function, address, quantity)
 
 
 # --- a raw request's head ------------------------------------------------------------------------

@@ -37,7 +37,9 @@ class RtuFramer:
         self._aligned = False
         self._skipped = 0  # bytes dropped since the last reported garbage run
         self._skip_at = 0
-        self._skip_cause = None  # None (garbage), "crc" (a frame failed its CRC), "cut" (silence)
+        # None (garbage), "crc" (a frame failed its CRC), or a subclass's reason, a format taking
+        # the bytes skipped (RtuReceiver's CUT_SHORT: a silence cut a frame).
+        self._skip_cause = None
         self._expect = None  # (unit, function, normal length) of the reply a master waits for
         self.counters = {"bytes": 0, "frames": 0, "frame_bytes": 0, "garbage_bytes": 0,
                          "bad_crc": 0, "timing_errors": 0, "incomplete_frames": 0,
@@ -171,12 +173,11 @@ class RtuFramer:
 
     def _flush_skip(self, out):
         if self._skipped:
-            if self._skip_cause == "crc":
-                reason = "a frame failed its CRC check; %d bytes skipped to resynchronise"
-            elif self._skip_cause == "cut":
-                reason = "a frame was cut short by a silence or the end of the stream; %d bytes dropped"
-            else:
+            reason = self._skip_cause
+            if reason is None:
                 reason = "%d bytes did not form a valid frame"
+            elif reason == "crc":
+                reason = "a frame failed its CRC check; %d bytes skipped to resynchronise"
             out.append(ModbusFrameError(reason % self._skipped, self._skip_at))
             self._skipped = 0
             self._skip_cause = None

@@ -26,6 +26,8 @@ from protocols.modbus_rtu import (
     ANY_ADDRESS, MAX_UNIT, ModbusFrameError, request_head_of, request_length, response_length)
 from protocols.modbus_timing import t15_us, t35_us
 
+CUT_SHORT = "a frame was cut short by a silence or the end of the stream; %d bytes dropped"
+
 
 class RtuReceiver(RtuFramer):
     """feed(data, gap_us=None) -> list of ADUs (bytes) and ModbusFrameError, in stream order.
@@ -105,7 +107,7 @@ class RtuReceiver(RtuFramer):
         if self.pending:
             if not self._skipped and self._length_at(self._head) is not None:
                 self.counters["incomplete_frames"] += 1
-                self._skip_cause = "cut"
+                self._skip_cause = CUT_SHORT
             self._scan(out, True)
         self._flush_skip(out)
         self._aligned = True

@@ -12,8 +12,8 @@ server parses what it hears); request_length / response_length frame a byte stre
 (protocols/modbus_receiver.py).
 
 Split by role so a board carries only what a master runs: protocols/modbus_adu.py holds the
-master's part (read and single-register-write requests, the checks of a raw request, reply
-checking, the constants), re-exported here with everything else; the server's reply builders
+master's part (read requests, the check of a raw request, reply checking, the constants) and
+protocols/modbus_write.py the single-register write, both re-exported here with everything else; the server's reply builders
 (build_response, build_exception) are in protocols/modbus_server.py, the wire timing (char_bits,
 char_time_us, t15_us, t35_us, transaction_time_us) in protocols/modbus_timing.py, re-exported here
 too. A node's firmware imports modbus_adu, never this module.
@@ -24,12 +24,12 @@ from protocols.errors import ProtocolError  # noqa: F401 - re-exported
 from protocols.modbus_adu import (  # noqa: F401 - re-exported: this module is the whole codec
     ANY_ADDRESS, BROADCAST, COIL_ON, ECHOES, EXCEPTION_LENGTH, EXCEPTION_NAMES, FUNCTIONS,
     ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE, ILLEGAL_FUNCTION, MAX_ADU, MAX_UNIT, READ_LIMITS, READS,
-    WRITE_LIMITS, ModbusException, ModbusFrameError, ModbusRequestError, check_crc, check_range,
-    check_registers, check_unit, exception_name, get_word, parse_reply, put_word, read_request,
-    reply_length, request_error, request_head, response_length, unpack_bits, with_crc,
-    write_single_register)
+    ModbusException, ModbusFrameError, ModbusRequestError, check_crc, check_range, check_unit,
+    exception_name, get_word, parse_reply, put_word, read_request, reply_length, request_error,
+    request_head, response_length, short_request, unpack_bits, with_crc)
 from protocols.modbus_timing import (  # noqa: F401 - re-exported: the gateway's timing
     char_bits, char_time_us, t15_us, t35_us, transaction_time_us)
+from protocols.modbus_write import check_registers, write_single_register  # noqa: F401 - re-exported
 
 READ_COILS = 0x01
 READ_DISCRETE_INPUTS = 0x02
@@ -40,6 +40,8 @@ WRITE_SINGLE_REGISTER = 0x06
 WRITE_MULTIPLE_COILS = 0x0F
 WRITE_MULTIPLE_REGISTERS = 0x10
 READ_WRITE_MULTIPLE_REGISTERS = 0x17
+
+WRITE_LIMITS = {0x0F: 1968, 0x10: 123, 0x17: 121}  # application spec §6.11, §6.12, §6.17
 
 
 class ModbusRequest:

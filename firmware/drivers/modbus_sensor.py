@@ -10,7 +10,7 @@ Device config keys: ModbusDevice's (firmware/drivers/modbus_device.py).
 from firmware.drivers.modbus_device import ModbusDevice
 from firmware.modbus_master import ModbusError, failed, fault_of, profile_plan
 from firmware.register_decode import decode, status_fault, status_mask, status_register, value_registers
-from protocols.modbus_adu import write_single_register
+from protocols.modbus_write import write_single_register
 
 class ModbusSensorDriver(ModbusDevice):
     def __init__(self, device, profile, node):
