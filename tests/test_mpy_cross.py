@@ -58,3 +58,27 @@ def test_the_vm_runs_code_compiled_without_line_tables(tmp_path: Path) -> None:
     proc = run_micropython("import boom\nprint('SUM', boom.add(2, 3))\nboom.boom()\n", [(out, "/lib/boom.mpy")])
     assert "SUM 5" in proc.stdout
     assert "in boom" in proc.stderr and "ValueError: named" in proc.stderr, proc.stderr
+
+
+def test_a_board_names_each_file_without_its_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracebacks from a flashed .mpy name the file ("boom.py") and the function, not the folders:
+    the bytes of the path are saved once per module. That names the place only while every file
+    name under protocols/ and firmware/ is unique; with CITYNERVE_MPY_SOURCE_LINES=1 the whole path
+    (and the line numbers) come back."""
+    from citynerve.mpy_toolchain import SOURCE_LINES_ENV, recorded_name
+    from hil.micropython_vm import run_micropython
+
+    names = [p.name for p in SOURCES if p.name != "__init__.py"]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    monkeypatch.delenv(SOURCE_LINES_ENV, raising=False)
+    assert recorded_name("firmware/drivers/loop_presence.py") == "loop_presence.py"
+    assert recorded_name("firmware/drivers/loop_presence.py", True) == "firmware/drivers/loop_presence.py"
+    source = tmp_path / "boom.py"
+    source.write_text("def boom():\n    raise ValueError('named')\n")
+    out = compile_file(source, tmp_path / "boom.mpy", source_name="firmware/drivers/boom.py")
+    proc = run_micropython("import boom\nboom.boom()\n", [(out, "/lib/boom.mpy")])
+    assert 'File "boom.py", line 1, in boom' in proc.stderr, proc.stderr  # the def's line: no table
+    monkeypatch.setenv(SOURCE_LINES_ENV, "1")
+    out = compile_file(source, tmp_path / "boom.mpy", source_name="firmware/drivers/boom.py")
+    proc = run_micropython("import boom\nboom.boom()\n", [(out, "/lib/boom.mpy")])
+    assert 'File "firmware/drivers/boom.py", line 2, in boom' in proc.stderr, proc.stderr
