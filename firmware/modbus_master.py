@@ -30,7 +30,7 @@ from firmware.register_entry import register_words
 from protocols.quality_codes import (
     FAULT_CHECKSUM, FAULT_FRAMING, FAULT_TIMEOUT, FAULT_UNAVAILABLE, modbus_fault)
 from protocols.modbus_adu import (
-    ANY_ADDRESS, ModbusException, ModbusFrameError, parse_reply, reply_length, request_head)
+    ANY_ADDRESS, ModbusException, ModbusFrameError, reply_length, reply_values, request_head)
 from protocols.modbus_framing import RtuFramer
 from protocols.modbus_plan import plan_reads
 from protocols.modbus_timing import char_time_us, t35_us
@@ -303,7 +303,7 @@ class ModbusMaster:
         self._frame = None
         if frame is not None:
             try:
-                return parse_reply(head, frame)
+                return reply_values(head, frame)  # the framer checked the rest
             except ModbusFrameError as exc:
                 raise ModbusError(FAULT_FRAMING, st.unit, "unit %d sent a reply that does not "
                                   "answer its request: %s" % (st.unit, exc.reason))

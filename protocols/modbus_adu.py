@@ -1,5 +1,5 @@
 """Modbus RTU, what a master carries: read requests, the check of a raw request ADU, and the checks
-and decoding of its reply (protocols/modbus_write.py adds the single-register write a profile
+and decoding of a reply its framer matched (protocols/modbus_write.py adds the single-register write a profile
 command sends).
 
 Sources as protocols/modbus_rtu.py, which is the whole codec (every function's builder, requests as
@@ -193,45 +193,31 @@ def reply_length(head):
     return 5 + 2 * head[3]
 
 
-def parse_reply(head, response):
-    """The decoded reply to the request whose head is `head` (see modbus_rtu.parse_response)."""
+def reply_values(head, reply):
+    """The values of `reply`, a whole reply ADU whose unit, function (or exception function),
+    length and CRC already answer the request whose head is `head`, as RtuFramer frames a reply
+    it expects (modbus_rtu.parse_response checks those first): a list of `quantity` bools for
+    01/02, a list of ints for 03/04/17, (address, value) for 05/06 (value a bool for 05), and
+    (address, quantity) for 0F/10. Raises ModbusException for an exception reply and
+    ModbusFrameError for one that does not answer this request (another address or value
+    echoed, a byte count that does not fit)."""
     unit, fn, address, word = head
-    if unit == BROADCAST:
-        raise ModbusFrameError("a broadcast request gets no response")
-    n = len(response)
-    if n < EXCEPTION_LENGTH:
-        raise ModbusFrameError("response of %d bytes is shorter than the 5-byte minimum" % n, n)
-    check_crc(response, "response")
-    if response[0] != unit:
-        raise ModbusFrameError("response comes from unit %d, the request went to unit %d"
-                               % (response[0], unit), 0)
-    if response[1] == fn | 0x80:
-        if n != EXCEPTION_LENGTH:
-            raise ModbusFrameError("exception response is %d bytes, not 5" % n, 3)
-        raise ModbusException(unit, fn, response[2])
-    if response[1] != fn:
-        raise ModbusFrameError("response function 0x%02X does not answer function 0x%02X"
-                               % (response[1], fn), 1)
-    want = reply_length(head)
+    if reply[1] != fn:
+        raise ModbusException(unit, fn, reply[2])
     if fn in ECHOES:
-        if n != want:
-            raise ModbusFrameError("function 0x%02X response is %d bytes, not 8" % (fn, n), min(n, 8) - 2)
-        got = get_word(response, 2)
-        echoed = get_word(response, 4)
+        got = get_word(reply, 2)
+        echoed = get_word(reply, 4)
         if got != address:
             raise ModbusFrameError("response echoes address %d, the request wrote %d"
                                    % (got, address), 2)
         if echoed != word:
             raise ModbusFrameError("response echoes 0x%04X, the request sent 0x%04X" % (echoed, word), 4)
         return (got, echoed == COIL_ON) if fn == 0x05 else (got, echoed)
-    if response[2] != want - 5:
-        raise ModbusFrameError("byte count %d does not fit the %d requested items"
-                               % (response[2], word), 2)
-    if n != want:
-        raise ModbusFrameError("response is %d bytes, its byte count says %d" % (n, want), min(n, want) - 2)
+    if reply[2] != reply_length(head) - 5:
+        raise ModbusFrameError("byte count %d does not fit the %d requested items" % (reply[2], word), 2)
     if fn == 0x01 or fn == 0x02:
-        return unpack_bits(response, 3, word)
-    return [get_word(response, 3 + 2 * i) for i in range(word)]
+        return unpack_bits(reply, 3, word)
+    return [get_word(reply, 3 + 2 * i) for i in range(word)]
 
 
 def response_length(head, function=None, start=0):

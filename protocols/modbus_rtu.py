@@ -25,7 +25,7 @@ from protocols.modbus_adu import (  # noqa: F401 - re-exported: this module is t
     ANY_ADDRESS, BROADCAST, COIL_ON, ECHOES, EXCEPTION_LENGTH, EXCEPTION_NAMES, FUNCTIONS,
     ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE, ILLEGAL_FUNCTION, MAX_ADU, MAX_UNIT, READ_LIMITS, READS,
     ModbusException, ModbusFrameError, ModbusRequestError, check_crc, check_range, check_unit,
-    exception_name, get_word, parse_reply, put_word, read_request, reply_length, request_error,
+    exception_name, get_word, put_word, read_request, reply_length, reply_values, request_error,
     request_head, response_length, short_request, unpack_bits, with_crc)
 from protocols.modbus_timing import (  # noqa: F401 - re-exported: the gateway's timing
     char_bits, char_time_us, t15_us, t35_us, transaction_time_us)
@@ -286,6 +286,38 @@ def request_head_of(request):
     else:
         word = request.quantity
     return request.unit, fn, request.address, word
+
+
+def parse_reply(head, response):
+    """parse_response for the request whose head is `head`: every check of the reply's bytes
+    against the request, then modbus_adu.reply_values (what a node's master runs, its framer
+    having made these checks)."""
+    unit, fn, address, word = head
+    if unit == BROADCAST:
+        raise ModbusFrameError("a broadcast request gets no response")
+    n = len(response)
+    if n < EXCEPTION_LENGTH:
+        raise ModbusFrameError("response of %d bytes is shorter than the 5-byte minimum" % n, n)
+    check_crc(response, "response")
+    if response[0] != unit:
+        raise ModbusFrameError("response comes from unit %d, the request went to unit %d"
+                               % (response[0], unit), 0)
+    if response[1] != fn:
+        if response[1] != fn | 0x80:
+            raise ModbusFrameError("response function 0x%02X does not answer function 0x%02X"
+                                   % (response[1], fn), 1)
+        if n != EXCEPTION_LENGTH:
+            raise ModbusFrameError("exception response is %d bytes, not 5" % n, 3)
+    else:
+        want = reply_length(head)
+        if fn in ECHOES:
+            if n != want:
+                raise ModbusFrameError("function 0x%02X response is %d bytes, not 8" % (fn, n),
+                                       min(n, 8) - 2)
+        elif n != want and response[2] == want - 5:  # a wrong byte count is reported first
+            raise ModbusFrameError("response is %d bytes, its byte count says %d" % (n, want),
+                                   min(n, want) - 2)
+    return reply_values(head, response)
 
 
 def expected_response_length(request):
