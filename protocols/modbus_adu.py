@@ -1,6 +1,6 @@
-"""Modbus RTU, what a master carries: read requests, the check of a raw request ADU, and the checks
-and decoding of a reply its framer matched (protocols/modbus_write.py adds the single-register write a profile
-command sends).
+"""Modbus RTU, what a master carries: the unit check and bytes of a request whose range is checked
+(protocols/modbus_plan.py's reads), the check of a raw request ADU, and the decoding of a reply its
+framer matched (protocols/modbus_write.py adds the single-register write a profile command sends).
 
 Sources as protocols/modbus_rtu.py, which is the whole codec (every function's builder, requests as
 ModbusRequest objects, request parsing, stream lengths of requests) and re-exports all of this.
@@ -121,60 +121,31 @@ def check_unit(unit, function, any_address):
         request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
 
 
-def check_range(function, address, quantity, limit, what):
-    if not isinstance(address, int) or not 0 <= address <= 0xFFFF:
-        request_error("%s address %r is outside 0..65535" % (what, address), ILLEGAL_DATA_ADDRESS)
-    if not isinstance(quantity, int) or not 1 <= quantity <= limit:
-        request_error("%s quantity %r for function 0x%02X is outside 1..%d" % (what, quantity, function, limit),
-              ILLEGAL_DATA_VALUE)
-    if address + quantity > 0x10000:
-        request_error("%s range %d+%d runs past address 65535" % (what, address, quantity),
-              ILLEGAL_DATA_ADDRESS)
-
-
 def short_request(unit, function, address, word):
-    """The 8-byte ADU of function 01-06 for fields already checked."""
+    """The 8-byte ADU of function 01-06 for fields already checked (the unit by check_unit, the
+    address and quantity by protocols/modbus_fields.py's check_range or by the read planner)."""
     out = bytearray((unit, function))
     put_word(out, address)
     put_word(out, word)
     return with_crc(out)
 
 
-def read_request(unit, function, address, quantity, any_address=False):
-    """The ADU reading `quantity` items from `address` with read function 01-04 (the same checks,
-    errors and bytes as modbus_rtu.build_request)."""
-    if function not in READS:
-        request_error("function %r is not one of 01-04" % (function,), ILLEGAL_FUNCTION)
-    check_unit(unit, function, any_address)
-    check_range(function, address, quantity, READ_LIMITS[function], "read")
-    return short_request(unit, function, address, quantity)
-
-
 # --- a raw request's head ------------------------------------------------------------------------
 
-def check_crc(adu, what):
-    n = len(adu)
-    if n < 4:
-        raise ModbusFrameError("%s of %d bytes is shorter than the 4-byte minimum" % (what, n), n)
-    if n > MAX_ADU:
-        raise ModbusFrameError("%s of %d bytes is longer than the 256-byte maximum" % (what, n),
-                               MAX_ADU)
-    if crc16_modbus(adu) != 0:
-        raise ModbusFrameError("%s CRC does not match its bytes" % what, n - 2)
-
-
 def request_head(adu):
-    """(unit, function, address, word) of a whole request ADU, checked for its CRC and its length
-    (a whole request of a function listed in FUNCTIONS); ModbusFrameError otherwise. Its fields
-    are the builder's business: protocols.modbus_rtu.parse_request checks every limit too."""
-    check_crc(adu, "request")
+    """(unit, function, address, word) of a request ADU, checked for its length (a whole request
+    of a function listed in FUNCTIONS, at most MAX_ADU bytes) and its CRC; ModbusFrameError
+    otherwise. Its fields are the builder's business: protocols.modbus_rtu.parse_request checks
+    every limit too."""
     n = len(adu)
-    fn = adu[1]
+    fn = adu[1] if n > 1 else 0
     count_at = 6 if fn == 0x0F or fn == 0x10 else 10 if fn == 0x17 else None
-    if fn not in FUNCTIONS or n != (8 if count_at is None else
-                                     count_at + 3 + adu[count_at] if n > count_at else 0):
+    if fn not in FUNCTIONS or n > MAX_ADU or n != (8 if count_at is None else
+                                                   count_at + 3 + adu[count_at] if n > count_at else 0):
         raise ModbusFrameError("%d bytes are not a whole request of a supported function (0x%02X)"
                                % (n, fn), 1)
+    if crc16_modbus(adu):
+        raise ModbusFrameError("request CRC does not match its bytes", n - 2)
     return adu[0], fn, get_word(adu, 2), get_word(adu, 4)
 
 

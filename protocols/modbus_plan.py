@@ -14,7 +14,7 @@ A plan's wire time (the gateway's bus budget) is protocols/modbus_plan_time.py: 
 carry it.
 """
 
-from protocols.modbus_adu import READ_LIMITS, read_request, reply_length
+from protocols.modbus_adu import READ_LIMITS, check_unit, reply_length, short_request
 
 TABLES = {"coil": 0x01, "discrete": 0x02, "holding": 0x03, "input": 0x04}
 _TABLE_NAMES = {0x01: "coil", 0x02: "discrete", 0x03: "holding", 0x04: "input"}
@@ -44,7 +44,9 @@ class PlannedRead:
         last = self._adu
         if last is not None and last[0] == unit and last[1] == any_address:
             return last[2]
-        adu = read_request(unit, self.function, self.start, self.count, any_address)
+        # Only plan_reads makes PlannedReads, and it has checked their ranges: the unit is left.
+        check_unit(unit, self.function, any_address)
+        adu = short_request(unit, self.function, self.start, self.count)
         self._adu = (unit, any_address, adu)
         return adu
 

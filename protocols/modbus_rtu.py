@@ -12,24 +12,26 @@ server parses what it hears); request_length / response_length frame a byte stre
 (protocols/modbus_receiver.py).
 
 Split by role so a board carries only what a master runs: protocols/modbus_adu.py holds the
-master's part (read requests, the check of a raw request, reply checking, the constants) and
-protocols/modbus_write.py the single-register write, both re-exported here with everything else; the server's reply builders
+master's part (request bytes, the check of a raw request, reply decoding, the constants),
+protocols/modbus_fields.py the range and value checks and protocols/modbus_write.py the
+single-register write, all re-exported here with everything else; the server's reply builders
 (build_response, build_exception) are in protocols/modbus_server.py, the wire timing (char_bits,
 char_time_us, t15_us, t35_us, transaction_time_us) in protocols/modbus_timing.py, re-exported here
 too. A node's firmware imports modbus_adu, never this module.
 """
 
-from protocols.crc import crc16_modbus  # noqa: F401 - re-exported
+from protocols.crc import crc16_modbus
 from protocols.errors import ProtocolError  # noqa: F401 - re-exported
 from protocols.modbus_adu import (  # noqa: F401 - re-exported: this module is the whole codec
     ANY_ADDRESS, BROADCAST, COIL_ON, ECHOES, EXCEPTION_LENGTH, EXCEPTION_NAMES, FUNCTIONS,
     ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE, ILLEGAL_FUNCTION, MAX_ADU, MAX_UNIT, READ_LIMITS, READS,
-    ModbusException, ModbusFrameError, ModbusRequestError, check_crc, check_range, check_unit,
-    exception_name, get_word, put_word, read_request, reply_length, reply_values, request_error,
-    request_head, response_length, short_request, unpack_bits, with_crc)
+    ModbusException, ModbusFrameError, ModbusRequestError, check_unit, exception_name,
+    get_word, put_word, reply_length, reply_values, request_error, request_head, response_length,
+    short_request, unpack_bits, with_crc)
+from protocols.modbus_fields import check_range, check_registers  # noqa: F401 - re-exported
 from protocols.modbus_timing import (  # noqa: F401 - re-exported: the gateway's timing
     char_bits, char_time_us, t15_us, t35_us, transaction_time_us)
-from protocols.modbus_write import check_registers, write_single_register  # noqa: F401 - re-exported
+from protocols.modbus_write import write_single_register  # noqa: F401 - re-exported
 
 READ_COILS = 0x01
 READ_DISCRETE_INPUTS = 0x02
@@ -150,6 +152,16 @@ def build_request(req, any_address=False):
     return with_crc(out)
 
 
+def read_request(unit, function, address, quantity, any_address=False):
+    """The ADU reading `quantity` items from `address` with read function 01-04 (the same checks,
+    errors and bytes as modbus_rtu.build_request)."""
+    if function not in READS:
+        request_error("function %r is not one of 01-04" % (function,), ILLEGAL_FUNCTION)
+    check_unit(unit, function, any_address)
+    check_range(function, address, quantity, READ_LIMITS[function], "read")
+    return short_request(unit, function, address, quantity)
+
+
 def read_coils(unit, address, quantity, any_address=False):
     return build_request(ModbusRequest(unit, 0x01, address, quantity), any_address)
 
@@ -188,6 +200,17 @@ def read_write_multiple_registers(unit, read_address, read_quantity, write_addre
 
 
 # --- request parsing (a server's) ----------------------------------------------------------------
+
+def check_crc(adu, what):
+    n = len(adu)
+    if n < 4:
+        raise ModbusFrameError("%s of %d bytes is shorter than the 4-byte minimum" % (what, n), n)
+    if n > MAX_ADU:
+        raise ModbusFrameError("%s of %d bytes is longer than the 256-byte maximum" % (what, n),
+                               MAX_ADU)
+    if crc16_modbus(adu) != 0:
+        raise ModbusFrameError("%s CRC does not match its bytes" % what, n - 2)
+
 
 def checked_request_head(adu):
     """modbus_adu's head (unit, function, address, word) of a whole request ADU, after every check

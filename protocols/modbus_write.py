@@ -1,15 +1,10 @@
 """Modbus RTU function 06, write single register: the one write a node sends (a profile command,
 e.g. the SenseAir S8's background calibration), apart from protocols/modbus_adu.py so a board
 without such a device does not carry it. The same checks, errors and bytes as
-protocols.modbus_rtu's builders (it re-exports both functions)."""
+protocols.modbus_rtu's builders (it re-exports this one)."""
 
-from protocols.modbus_adu import ILLEGAL_DATA_VALUE, check_range, check_unit, request_error, short_request
-
-
-def check_registers(values):
-    for v in values:
-        if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
-            request_error("register value %r is outside 0..0xFFFF" % (v,), ILLEGAL_DATA_VALUE)
+from protocols.modbus_adu import check_unit, short_request
+from protocols.modbus_fields import check_range, check_registers
 
 
 def write_single_register(unit, address, value, any_address=False):
