@@ -9,16 +9,16 @@ safe mode, which keeps the link up on defaults and reports why).
 import json
 
 # Driver per profile "interface" (and, for Modbus devices, per profile role): lazy imports, so a
-# board pays RAM only for the drivers it uses.
+# board pays RAM only for the drivers it uses. Modules of firmware.drivers, named without it.
 _MODBUS_DRIVERS = {
-    "nema-phase-status": ("firmware.drivers.signal_controller", "SignalControllerDriver"),
-    "loop-card-modbus": ("firmware.drivers.loop_card", "LoopCardDriver"),
+    "nema-phase-status": ("signal_controller", "SignalControllerDriver"),
+    "loop-card-modbus": ("loop_card", "LoopCardDriver"),
 }
 _DRIVERS = {
-    "uart-frames:pms5003": ("firmware.drivers.pms5003_driver", "Pms5003Driver"),
-    "uart-frames:sds011": ("firmware.drivers.sds011_driver", "Sds011Driver"),
-    "presence-pins": ("firmware.drivers.loop_presence", "LoopPresenceDriver"),
-    "modbus-rtu": ("firmware.drivers.modbus_sensor", "ModbusSensorDriver"),
+    "uart-frames:pms5003": ("pms5003_driver", "Pms5003Driver"),
+    "uart-frames:sds011": ("sds011_driver", "Sds011Driver"),
+    "presence-pins": ("loop_presence", "LoopPresenceDriver"),
+    "modbus-rtu": ("modbus_sensor", "ModbusSensorDriver"),
 }
 _FRAMINGS = ("8N1", "8E1", "8O1", "8N2")
 
@@ -49,10 +49,12 @@ def driver_for(device, profile):
     """(module, class name) of the driver for a device, or None."""
     interface = profile.get("interface")
     if interface == "modbus-rtu":
-        return _MODBUS_DRIVERS.get(profile.get("profile"), _DRIVERS["modbus-rtu"])
-    if interface == "uart-frames":
-        return _DRIVERS.get("uart-frames:" + str(profile.get("profile")))
-    return _DRIVERS.get(interface)
+        found = _MODBUS_DRIVERS.get(profile.get("profile"), _DRIVERS["modbus-rtu"])
+    elif interface == "uart-frames":
+        found = _DRIVERS.get("uart-frames:" + str(profile.get("profile")))
+    else:
+        found = _DRIVERS.get(interface)
+    return None if found is None else ("firmware.drivers." + found[0], found[1])
 
 
 def _problem(errors, key, reason):

@@ -45,19 +45,15 @@ class RtuFramer:
                          "bad_crc": 0, "timing_errors": 0, "incomplete_frames": 0,
                          "replies": 0, "reply_bytes": 0}
 
-    @property
-    def pending(self):
-        """Bytes held while waiting for the rest of a frame."""
-        return len(self._buf) - self._head
-
     def expect_reply(self, head):
         """The next reply answers the request whose head (unit, function, address, word) is
         `head` (protocols.modbus_adu.request_head). Bytes still buffered belong to an earlier
         exchange (a late reply, noise) and are dropped as garbage."""
         length = reply_length(head)
         self._expect = (head[0], head[1], length) if length else None
-        if self.pending:
-            self._drop(self.pending)
+        held = len(self._buf) - self._head
+        if held:
+            self._drop(held)
             self._compact()
         self._aligned = True
 

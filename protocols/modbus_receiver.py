@@ -50,6 +50,11 @@ class RtuReceiver(RtuFramer):
         self._t35 = None if baud is None else t35_us(baud, framing)
         RtuFramer.__init__(self)
 
+    @property
+    def pending(self):
+        """Bytes held while waiting for the rest of a frame."""
+        return len(self._buf) - self._head
+
     def expect(self, request):
         """Master only: the next reply answers `request` (an ADU or a ModbusRequest). Bytes still
         buffered belong to an earlier exchange (a late reply, noise) and are dropped as garbage."""
