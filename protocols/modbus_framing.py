@@ -1,11 +1,11 @@
-"""A Modbus RTU master's incremental reply framer: a byte stream in, whole reply ADUs and
-ModbusFrameError items out. It never raises on input.
+"""A Modbus RTU master's incremental reply framer: a byte stream in, whole reply ADUs out, the bytes
+between them counted. It never raises on input.
 
 This is what a node carries (firmware/modbus_master.py): framing by length and CRC alone, which
 is all a node can do (its UART hands bytes over in chunks, the inter-character gaps are gone).
-protocols/modbus_receiver.py's RtuReceiver extends it with framing by silence (a known baud and
-the gaps between chunks), flush at the end of a stream and the server role, and documents the
-hunting rules both share.
+protocols/modbus_receiver.py's RtuReceiver extends it with ModbusFrameError reports of the skipped
+bytes, framing by silence (a known baud and the gaps between chunks), flush at the end of a stream
+and the server role, and documents the hunting rules both share.
 
 Right after a frame (or expect_reply) the next header is trusted. Anywhere else (the start of the
 stream, after a CRC failure) the framer hunts: drop one byte and try the next, and while a
@@ -14,15 +14,14 @@ doubtful header waits for more bytes, take any whole CRC-valid frame found furth
 
 from protocols.crc import crc16_modbus
 from protocols.modbus_adu import (
-    ANY_ADDRESS, EXCEPTION_LENGTH, MAX_ADU, MAX_UNIT, ModbusFrameError, reply_length, response_length)
+    ANY_ADDRESS, EXCEPTION_LENGTH, MAX_ADU, MAX_UNIT, reply_length, response_length)
 
 _CAPACITY = 2 * MAX_ADU  # the buffer holds at most one unfinished ADU plus one chunk slice
 
 
 class RtuFramer:
-    """feed(data) -> list of reply ADUs (bytes) and ModbusFrameError, in stream order; see
-    RtuReceiver for `counters` (a framer only ever counts bytes, frames, frame_bytes,
-    garbage_bytes and bad_crc)."""
+    """feed(data) -> list of reply ADUs (bytes), in stream order; see RtuReceiver for `counters`
+    (a framer only ever counts bytes, frames, frame_bytes, garbage_bytes and bad_crc)."""
 
     _server = False  # RtuReceiver's server role: requests, and other devices' replies passed by
 
@@ -37,9 +36,7 @@ class RtuFramer:
         self._aligned = False
         self._skipped = 0  # bytes dropped since the last reported garbage run
         self._skip_at = 0
-        # None (garbage), "crc" (a frame failed its CRC), or a subclass's reason, a format taking
-        # the bytes skipped (RtuReceiver's CUT_SHORT: a silence cut a frame).
-        self._skip_cause = None
+        self._skip_cause = None  # None (garbage), "crc" (a frame failed its CRC), "cut" (silence)
         self._expect = None  # (unit, function, normal length) of the reply a master waits for
         self.counters = {"bytes": 0, "frames": 0, "frame_bytes": 0, "garbage_bytes": 0,
                          "bad_crc": 0, "timing_errors": 0, "incomplete_frames": 0,
@@ -168,12 +165,8 @@ class RtuFramer:
         self._aligned = False
 
     def _flush_skip(self, out):
-        if self._skipped:
-            reason = self._skip_cause
-            if reason is None:
-                reason = "%d bytes did not form a valid frame"
-            elif reason == "crc":
-                reason = "a frame failed its CRC check; %d bytes skipped to resynchronise"
-            out.append(ModbusFrameError(reason % self._skipped, self._skip_at))
-            self._skipped = 0
-            self._skip_cause = None
+        """The run of skipped bytes ends. A framer only counts them (garbage_bytes, bad_crc): the
+        node's master has no use for the report; RtuReceiver adds it to `out` as a
+        ModbusFrameError."""
+        self._skipped = 0
+        self._skip_cause = None

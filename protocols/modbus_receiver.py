@@ -26,8 +26,6 @@ from protocols.modbus_rtu import (
     ANY_ADDRESS, MAX_UNIT, ModbusFrameError, request_head_of, request_length, response_length)
 from protocols.modbus_timing import t15_us, t35_us
 
-CUT_SHORT = "a frame was cut short by a silence or the end of the stream; %d bytes dropped"
-
 
 class RtuReceiver(RtuFramer):
     """feed(data, gap_us=None) -> list of ADUs (bytes) and ModbusFrameError, in stream order.
@@ -106,13 +104,25 @@ class RtuReceiver(RtuFramer):
         self.counters["replies"] += 1
         self.counters["reply_bytes"] += length
 
+    def _flush_skip(self, out):
+        if self._skipped:
+            if self._skip_cause == "crc":
+                reason = "a frame failed its CRC check; %d bytes skipped to resynchronise"
+            elif self._skip_cause == "cut":
+                reason = "a frame was cut short by a silence or the end of the stream; %d bytes dropped"
+            else:
+                reason = "%d bytes did not form a valid frame"
+            out.append(ModbusFrameError(reason % self._skipped, self._skip_at))
+            self._skipped = 0
+            self._skip_cause = None
+
     def _boundary(self, out):
         """A silence over t3.5 (or the end of the stream): nothing held can be completed, so hunt
         through it for whole frames and drop the rest; the next byte starts a frame."""
         if self.pending:
             if not self._skipped and self._length_at(self._head) is not None:
                 self.counters["incomplete_frames"] += 1
-                self._skip_cause = CUT_SHORT
+                self._skip_cause = "cut"
             self._scan(out, True)
         self._flush_skip(out)
         self._aligned = True
