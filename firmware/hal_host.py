@@ -48,11 +48,36 @@ def _monotonic_us():
     return time.monotonic_ns() // 1000
 
 
+def _js_ticks(divisor):
+    """Under the VM: a JS function returning the host's monotonic clock (process.hrtime, the
+    clock hostbridge.monotonic_us reads) in units of `divisor` ns, already wrapped to the ticks
+    period, so it crosses into Python as a small int. hostbridge.monotonic_us's decimal string
+    allocated ~110 bytes per call (the string, the big int, the masked big int); the firmware
+    reads its clock ~400 times a second on the cabinet node, which a board does for nothing.
+    None when the VM has no `js` module (then ticks come from monotonic_us)."""
+    if hostbridge is None:
+        return None
+    try:
+        import js
+
+        return js.Function("return Number((process.hrtime.bigint() / %dn) & %dn)" % (divisor, _MASK))
+    except Exception:  # noqa: BLE001 - any VM without the js module or Function: the slow path
+        return None
+
+
+_js_us = _js_ticks(1000)
+_js_ms = _js_ticks(1000000)
+
+
 def ticks_us():
+    if _js_us is not None:
+        return _js_us()
     return _monotonic_us() & _MASK
 
 
 def ticks_ms():
+    if _js_ms is not None:
+        return _js_ms()
     return (_monotonic_us() // 1000) & _MASK
 
 
@@ -77,11 +102,15 @@ class _Connection:
     def __init__(self, address):
         self.address = address
         self._reader = self._writer = self._js = None
+        self._js_read = self._js_write = None
 
     async def open(self):
         host, port = self.address.rsplit(":", 1)
         if hostbridge is not None:
             self._js = await hostbridge.connect(host, int(port))
+            # Looked up once: each lookup of a JS method makes a new proxy object in the heap.
+            self._js_read = self._js.read
+            self._js_write = self._js.write
         else:
             self._reader, self._writer = await asyncio.open_connection(host, int(port))
         return self
@@ -89,7 +118,7 @@ class _Connection:
     async def read(self, max_bytes=256):
         _io[0] += 1
         if self._js is not None:
-            data = bytes(await self._js.read(max_bytes))
+            data = bytes(await self._js_read(max_bytes))
         else:
             data = await self._reader.read(max_bytes)
         if not data:
@@ -101,7 +130,7 @@ class _Connection:
         if self._js is not None:
             # As a hex string: a str crosses into JS by value, a bytes object as a proxy that the
             # VM keeps in its heap until JS finalizes it, which grew the heap ~60 B a write.
-            self._js.write(hexlify(data).decode())
+            self._js_write(hexlify(data).decode())
         else:
             self._writer.write(bytes(data))
             await self._writer.drain()
@@ -134,7 +163,8 @@ class Uart:
                     self._opened = True
 
     async def read(self, max_bytes=256):
-        await self._ensure()
+        if not self._opened:  # tested here: a coroutine call per read costs a frame in the heap
+            await self._ensure()
         if self._pending:
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return data
@@ -144,7 +174,8 @@ class Uart:
         return data
 
     async def write(self, data):
-        await self._ensure()
+        if not self._opened:
+            await self._ensure()
         await self._conn.write(data)
 
     def discard_input(self):

@@ -110,7 +110,8 @@ class PhaseEventDetector:
                 if q != p and (not dual_ring or phases_conflict(p, q)):
                     bits |= 1 << (q - 1)
             self._conflicts.append(bits)
-        self._prev = None           # last good (greens, yellows, reds, walks, ped_clears, dont_walks)
+        self._prev = None           # last good [greens, yellows, reds, walks, ped_clears, dont_walks]
+        self._cur = [0] * 6         # the poll being read (swapped with _prev when it differs)
         self._det = None
         self._pre = None
         self._rc = 0                # phases in red clearance
@@ -119,18 +120,20 @@ class PhaseEventDetector:
         self.counters = {"updates": 0, "failed_polls": 0, "events": 0}
 
     def _read(self, bitmaps):
+        # Into the spare list (self._cur), not a new one: a controller is polled every 40-100 ms
+        # and most polls change nothing.
         if bitmaps is None:
             return None
+        values = self._cur
         try:
-            values = [bitmaps[name] for name in _MAPS]
+            for i in range(6):
+                v = bitmaps[_MAPS[i]]
+                if not isinstance(v, int) or v < 0:
+                    return None
+                values[i] = v & self._mask
         except (KeyError, TypeError, IndexError):
             return None
-        for i in range(len(values)):
-            v = values[i]
-            if not isinstance(v, int) or v < 0:
-                return None
-            values[i] = v & self._mask
-        return tuple(values)
+        return values
 
     def _optional(self, bitmaps, name, mask):
         """The map (masked), None when absent, or -1 when present but unusable."""
@@ -169,9 +172,14 @@ class PhaseEventDetector:
         if pre is None or pre0 is None:
             pre = pre0 = 0
         prev = self._prev
-        self._prev = values
-        if prev is None or (values == prev and det == det0 and pre == pre0):
+        if prev is None:
+            self._prev = values
+            self._cur = [0] * 6
             return out
+        if values == prev and det == det0 and pre == pre0:
+            return out
+        self._prev = values
+        self._cur = prev  # reused for the next poll; prev is only read below
         start = len(out)
         due_at_t = self._flush_due(out, t_us)
         g, y, r, w, pc, dw = values
