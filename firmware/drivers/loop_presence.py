@@ -74,14 +74,46 @@ def _us(seconds):
 
 
 class HalTimebase:
-    """The node's own clock."""
+    """The node's own clock (one for every loop driver on the node: see _hal_timebase)."""
 
     def __init__(self, hal):
         self.ticks_us = hal.ticks_us
         self.ticks_ms = hal.ticks_ms
+        self.sleep = asyncio.sleep  # itself, not a coroutine around it: one frame less a sleep
 
-    async def sleep(self, seconds):
-        await asyncio.sleep(seconds)
+
+def _hal_timebase(node):
+    """The HalTimebase of the node's loop drivers (one, so they share one ticker)."""
+    tb = getattr(node, "_loop_timebase", None)
+    if tb is None:
+        tb = node._loop_timebase = HalTimebase(node.hal)
+    return tb
+
+
+def _join_ticker(node, tb, flag):
+    """Have `flag` set now and then every TICK_S of `tb` time, by the one ticker task that wakes
+    the node's loop drivers on `tb` (a task and its frames are ~1 KB of heap, and each wake ~0.25
+    KB of allocation on the VM: one per driver was that much per lane)."""
+    flag.set()
+    tickers = getattr(node, "_loop_tickers", None)
+    if tickers is None:
+        tickers = node._loop_tickers = []
+    for entry in tickers:
+        if entry[0] is tb:
+            entry[1].append(flag)
+            return
+    flags = [flag]
+    tickers.append([tb, flags])
+    asyncio.create_task(_ticker(tb, flags))
+
+
+async def _ticker(tb, flags):
+    # Wake the drivers first, then every TICK_S: with a virtual timebase (time that jumps), a
+    # sleep that starts after a jump still sees that jump through the step it just triggered.
+    while True:
+        for flag in flags:
+            flag.set()
+        await tb.sleep(TICK_S)
 
 
 class LoopPresenceDriver:
@@ -90,7 +122,7 @@ class LoopPresenceDriver:
         self.id = device_cfg["id"]
         self._pins = list(device_cfg["pins"])
         n = len(self._pins)
-        self._tb = timebase if timebase is not None else HalTimebase(node.hal)
+        self._tb = timebase if timebase is not None else _hal_timebase(node)
         self._active = profile.get("active_level", 0)
         self._debounce = int(profile.get("debounce_ms", 20) * 1000)
         self._lag = getattr(node.hal, "EDGE_LAG_US", LAG_US)
@@ -164,7 +196,7 @@ class LoopPresenceDriver:
         self._b_ms = ticks_add(now_ms, d)
         self._b_us = ticks_add(now_us, d * 1000)
         self.node.hal.InputPins(self._pins, self._queue, self._flag)
-        asyncio.create_task(self._ticker())
+        _join_ticker(self.node, tb, self._flag)
         while True:
             await self._flag.wait()
             while True:
@@ -179,13 +211,6 @@ class LoopPresenceDriver:
                 # An edge is pending: step again as soon as it can be confirmed. (Edges queued
                 # meanwhile are stamped later: none can be confirmed sooner.)
                 await tb.sleep(wait_ms / 1000)
-
-    async def _ticker(self):
-        # Wake the task first, then every TICK_S: with a virtual timebase (time that jumps), a
-        # sleep that starts after a jump still sees that jump through the step it just triggered.
-        while True:
-            self._flag.set()
-            await self._tb.sleep(TICK_S)
 
     def _step(self):
         """Take the queued edges and poll the filters; returns the ms until a pending edge can be
