@@ -1,4 +1,4 @@
-"""Modbus RTU, what a master carries: the unit check and bytes of a request whose range is checked
+"""Modbus RTU, what a master carries: the bytes of a request whose fields are checked
 (protocols/modbus_plan.py's reads), the check of a raw request ADU, and the decoding of a reply its
 framer matched (protocols/modbus_write.py adds the single-register write a profile command sends).
 
@@ -25,9 +25,7 @@ EXCEPTION_LENGTH = 5  # unit, function | 0x80, code, CRC (application spec §7)
 # Read quantity limits, application spec §6.1-6.4 and §6.17 (modbus_rtu has the write limits).
 READ_LIMITS = {0x01: 2000, 0x02: 2000, 0x03: 125, 0x04: 125, 0x17: 125}
 
-ILLEGAL_FUNCTION = 0x01
-ILLEGAL_DATA_ADDRESS = 0x02
-ILLEGAL_DATA_VALUE = 0x03
+ILLEGAL_DATA_VALUE = 0x03  # the others a request check answers with are in modbus_fields
 EXCEPTION_NAMES = {
     0x01: "illegal function",
     0x02: "illegal data address",
@@ -88,11 +86,6 @@ def with_crc(head):
     return bytes(head)
 
 
-def put_word(buf, value):
-    buf.append(value >> 8)
-    buf.append(value & 0xFF)
-
-
 def get_word(data, at):
     return (data[at] << 8) | data[at + 1]
 
@@ -107,27 +100,10 @@ def request_error(reason, code):
     raise ModbusRequestError(reason, code)
 
 
-def check_unit(unit, function, any_address):
-    if not isinstance(unit, int):
-        request_error("unit must be an int, not %r" % (unit,), ILLEGAL_DATA_VALUE)
-    if unit == BROADCAST:
-        if function in ECHOES:
-            return
-        request_error("unit 0 is broadcast, which only writes (05, 06, 0F, 10) may use, not function 0x%02X"
-              % function, ILLEGAL_DATA_VALUE)
-    if unit == ANY_ADDRESS and any_address:
-        return
-    if not 1 <= unit <= MAX_UNIT:
-        request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
-
-
 def short_request(unit, function, address, word):
-    """The 8-byte ADU of function 01-06 for fields already checked (the unit by check_unit, the
-    address and quantity by protocols/modbus_fields.py's check_range or by the read planner)."""
-    out = bytearray((unit, function))
-    put_word(out, address)
-    put_word(out, word)
-    return with_crc(out)
+    """The 8-byte ADU of function 01-06 for fields already checked (by protocols/modbus_fields.py,
+    or by the read planner)."""
+    return with_crc(bytearray((unit, function, address >> 8, address & 0xFF, word >> 8, word & 0xFF)))
 
 
 # --- a raw request's head ------------------------------------------------------------------------

@@ -1,9 +1,28 @@
-"""Modbus RTU request fields checked against the spec's limits (application spec §6): the
-address range of a read or write and the register values written. Shared by modbus_rtu's builders
-and protocols/modbus_write.py; apart from protocols/modbus_adu.py because a node whose reads all
-come from the read planner (which checks their ranges itself) does not need it."""
+"""Modbus RTU request fields checked against the spec's limits (application spec §6, serial spec
+§2.2): the unit addressed, the address range of a read or write and the register values written,
+each refusal a ModbusRequestError with the exception code a server would answer. Shared by
+modbus_rtu's builders and protocols/modbus_write.py; apart from protocols/modbus_adu.py because a
+node whose reads all come from the read planner (which checks their fields itself) does not need
+it."""
 
-from protocols.modbus_adu import ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE, request_error
+from protocols.modbus_adu import ANY_ADDRESS, BROADCAST, ECHOES, ILLEGAL_DATA_VALUE, MAX_UNIT, request_error
+
+ILLEGAL_FUNCTION = 0x01
+ILLEGAL_DATA_ADDRESS = 0x02
+
+
+def check_unit(unit, function, any_address):
+    if not isinstance(unit, int):
+        request_error("unit must be an int, not %r" % (unit,), ILLEGAL_DATA_VALUE)
+    if unit == BROADCAST:
+        if function in ECHOES:
+            return
+        request_error("unit 0 is broadcast, which only writes (05, 06, 0F, 10) may use, not function 0x%02X"
+              % function, ILLEGAL_DATA_VALUE)
+    if unit == ANY_ADDRESS and any_address:
+        return
+    if not 1 <= unit <= MAX_UNIT:
+        request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,), ILLEGAL_DATA_VALUE)
 
 
 def check_range(function, address, quantity, limit, what):

@@ -14,11 +14,11 @@ A plan's wire time (the gateway's bus budget) is protocols/modbus_plan_time.py: 
 carry it.
 """
 
-from protocols.modbus_adu import READ_LIMITS, check_unit, reply_length, short_request
+from protocols.modbus_adu import (
+    ANY_ADDRESS, ILLEGAL_DATA_VALUE, MAX_UNIT, READ_LIMITS, reply_length, request_error, short_request)
 
 TABLES = {"coil": 0x01, "discrete": 0x02, "holding": 0x03, "input": 0x04}
 _TABLE_NAMES = {0x01: "coil", 0x02: "discrete", 0x03: "holding", 0x04: "input"}
-_ORDER = ("coil", "discrete", "holding", "input")
 
 
 class ModbusPlanError(ValueError):
@@ -44,8 +44,11 @@ class PlannedRead:
         last = self._adu
         if last is not None and last[0] == unit and last[1] == any_address:
             return last[2]
-        # Only plan_reads makes PlannedReads, and it has checked their ranges: the unit is left.
-        check_unit(unit, self.function, any_address)
+        # Only plan_reads makes PlannedReads, and it has checked their ranges: the unit is left
+        # (modbus_fields.check_unit's check for a read, in one sentence).
+        if not isinstance(unit, int) or not (1 <= unit <= MAX_UNIT or (any_address and unit == ANY_ADDRESS)):
+            request_error("unit %r is outside 1..247 (0xFE needs any_address=True)" % (unit,),
+                          ILLEGAL_DATA_VALUE)
         adu = short_request(unit, self.function, self.start, self.count)
         self._adu = (unit, any_address, adu)
         return adu
@@ -153,9 +156,7 @@ def plan_reads(wanted, max_gap=0, max_quantity=None, one_register_per_request=Fa
             at = end
     segments = [[] for _ in norm]
     reads = []
-    for table in _ORDER:
-        if table not in pieces:
-            continue
+    for table in sorted(pieces, key=TABLES.get):  # by function code: coils first, inputs last
         limit = _limit(table, max_quantity, one_register_per_request)
         gap = _option(max_gap, table, 0, "max_gap", 0)
         start = end = -1

@@ -13,7 +13,7 @@ server parses what it hears); request_length / response_length frame a byte stre
 
 Split by role so a board carries only what a master runs: protocols/modbus_adu.py holds the
 master's part (request bytes, the check of a raw request, reply decoding, the constants),
-protocols/modbus_fields.py the range and value checks and protocols/modbus_write.py the
+protocols/modbus_fields.py the unit, range and value checks and protocols/modbus_write.py the
 single-register write, all re-exported here with everything else; the server's reply builders
 (build_response, build_exception) are in protocols/modbus_server.py, the wire timing (char_bits,
 char_time_us, t15_us, t35_us, transaction_time_us) in protocols/modbus_timing.py, re-exported here
@@ -24,11 +24,11 @@ from protocols.crc import crc16_modbus
 from protocols.errors import ProtocolError  # noqa: F401 - re-exported
 from protocols.modbus_adu import (  # noqa: F401 - re-exported: this module is the whole codec
     ANY_ADDRESS, BROADCAST, COIL_ON, ECHOES, EXCEPTION_LENGTH, EXCEPTION_NAMES, FUNCTIONS,
-    ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE, ILLEGAL_FUNCTION, MAX_ADU, MAX_UNIT, READ_LIMITS, READS,
-    ModbusException, ModbusFrameError, ModbusRequestError, check_unit, exception_name,
-    get_word, put_word, reply_length, reply_values, request_error, request_head, response_length,
-    short_request, unpack_bits, with_crc)
-from protocols.modbus_fields import check_range, check_registers  # noqa: F401 - re-exported
+    ILLEGAL_DATA_VALUE, MAX_ADU, MAX_UNIT, READ_LIMITS, READS, ModbusException, ModbusFrameError,
+    ModbusRequestError, exception_name, get_word, reply_length, reply_values, request_error,
+    request_head, response_length, short_request, unpack_bits, with_crc)
+from protocols.modbus_fields import (  # noqa: F401 - re-exported
+    ILLEGAL_DATA_ADDRESS, ILLEGAL_FUNCTION, check_range, check_registers, check_unit)
 from protocols.modbus_timing import (  # noqa: F401 - re-exported: the gateway's timing
     char_bits, char_time_us, t15_us, t35_us, transaction_time_us)
 from protocols.modbus_write import write_single_register  # noqa: F401 - re-exported
@@ -73,6 +73,11 @@ class ModbusRequest:
 
 
 # --- encoding helpers (shared with modbus_server) ------------------------------------------------
+
+def put_word(buf, value):
+    buf.append(value >> 8)
+    buf.append(value & 0xFF)
+
 
 def pack_bits(bits):
     """Coil and input states, first item in bit 0 of the first byte (application spec §6.1)."""

@@ -3,8 +3,8 @@ e.g. the SenseAir S8's background calibration), apart from protocols/modbus_adu.
 without such a device does not carry it. The same checks, errors and bytes as
 protocols.modbus_rtu's builders (it re-exports this one)."""
 
-from protocols.modbus_adu import check_unit, short_request
-from protocols.modbus_fields import check_range, check_registers
+from protocols.modbus_adu import short_request
+from protocols.modbus_fields import check_range, check_registers, check_unit
 
 
 def write_single_register(unit, address, value, any_address=False):

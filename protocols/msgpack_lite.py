@@ -167,8 +167,7 @@ _BASES = ((int, int), (float, float), (str, str), ((bytes, bytearray), bytes), (
 
 def unpackb(data, allow_trailing=False, max_depth=DEFAULT_MAX_DEPTH):
     """The object msgpack `data` holds. Trailing bytes are an error unless allow_trailing."""
-    data = _as_bytes(data)
-    obj, pos = _unpack_top(data, 0, max_depth)
+    obj, pos = unpack_from(data, 0, max_depth)
     if pos != len(data) and not allow_trailing:
         raise MsgpackError("%d trailing bytes after the msgpack object" % (len(data) - pos), pos)
     return obj
@@ -177,9 +176,12 @@ def unpackb(data, allow_trailing=False, max_depth=DEFAULT_MAX_DEPTH):
 def unpack_from(data, offset=0, max_depth=DEFAULT_MAX_DEPTH):
     """(object, next_offset) for the msgpack object starting at `offset` in `data`."""
     data = _as_bytes(data)
-    if offset < 0 or offset > len(data):
-        raise MsgpackError("offset %d is outside the %d-byte buffer" % (offset, len(data)), offset)
-    return _unpack_top(data, offset, max_depth)
+    end = len(data)
+    if offset < 0 or offset > end:
+        raise MsgpackError("offset %d is outside the %d-byte buffer" % (offset, end), offset)
+    if offset == end:
+        raise MsgpackError("truncated: no msgpack object (0 bytes)", offset)
+    return _unpack(data, offset, end, max_depth)
 
 
 def _as_bytes(data):
@@ -188,12 +190,6 @@ def _as_bytes(data):
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise TypeError("msgpack_lite unpacks bytes, not %s" % type(data).__name__)
-
-
-def _unpack_top(data, pos, max_depth):
-    if pos >= len(data):
-        raise MsgpackError("truncated: no msgpack object (0 bytes)", pos)
-    return _unpack(data, pos, len(data), max_depth)
 
 
 def _truncated(what, pos):
