@@ -373,14 +373,4 @@ class ModbusMaster:
                 results[i] = exc
                 if isinstance(exc, ModbusError) and exc.fault in (FAULT_TIMEOUT, FAULT_UNAVAILABLE):
                     stop = exc
-        out = []
-        for w in range(len(plan.wanted)):
-            values = []
-            for read_index, offset, count in plan.segments(w):
-                got = results[read_index]
-                if failed(got):
-                    values = got
-                    break
-                values.extend(got[offset:offset + count])
-            out.append(values)
-        return out
+        return plan.extract(results)

@@ -84,15 +84,16 @@ class ReadPlan:
 
     def extract(self, responses):
         """For each wanted entry, its values from `responses` (one list of values per read, as
-        parse_response returns them, or None for a read that failed); None where any read the
-        entry needs failed, so the caller reports that stream's fault instead of a number."""
+        parse_response returns them, or for a read that failed None or the exception that failed
+        it); where a read the entry needs failed, that read's None or exception instead, so the
+        caller reports that stream's fault instead of a number."""
         out = []
         for segs in self._segments:
             values = []
             for read_index, offset, count in segs:
                 got = responses[read_index]
-                if got is None:
-                    values = None
+                if got is None or isinstance(got, Exception):
+                    values = got
                     break
                 values.extend(got[offset:offset + count])
             out.append(values)
