@@ -34,8 +34,8 @@ after a reconnect all unacknowledged frames are resent in order, after the HELLO
 its oldest frames and counts them (ring_overflow); the dropping happens before the new frame's "lo"
 is written, so that frame already tells the gateway what is gone. The link is reopened with a backoff that doubles
 from backoff_ms to backoff_max_ms and starts again once a connection has been acknowledged.
-Incoming bytes go through LinkFrameDecoder: bad frames, invalid messages and ACKs for seqs never sent
-are counted (bad_frames_in, bad_acks) and skipped, never fatal. Only this client's writer task writes
+Incoming bytes go through LinkFrameReader (protocols/link_wire.py): bad frames, invalid messages
+and ACKs for seqs never sent are counted (bad_frames_in, bad_acks) and skipped, never fatal. Only this client's writer task writes
 to the link and pushes to the ring, so frames never interleave on the wire.
 
 Time. ACK carries the gateway's UTC and echoes the tick of the frame it acknowledges;
@@ -65,19 +65,8 @@ import asyncio
 
 from firmware.frame_ring import SEQ_MASK, FrameRing, seq_le, seq_lt
 from firmware.health import Uptime, build_health, trim_health
-from protocols.link_frame import (
-    ACK,
-    CMD,
-    DATA,
-    HEALTH,
-    HELLO,
-    OVERHEAD,
-    RESULT,
-    LinkFrameDecoder,
-    LinkFrameError,
-    encode_frame,
-)
 from protocols.link_messages import LinkMessageError, decode_message, encode_message
+from protocols.link_wire import ACK, CMD, DATA, HEALTH, HELLO, OVERHEAD, RESULT, LinkFrameReader, encode_frame
 from protocols.ticks import ticks_add, ticks_diff
 
 # link config key -> (default, lowest, highest)
@@ -150,7 +139,7 @@ class LinkClient:
         self.settings = self._settings(link_cfg)
         s = self.settings
         self.ring = FrameRing(s["ring_slots"], s["ring_bytes"], s["frame_max"])
-        self.decoder = LinkFrameDecoder(s["rx_max_payload"])
+        self.decoder = LinkFrameReader(s["rx_max_payload"])
         self.boot = self.hal.random_u32() & SEQ_MASK  # u32 on the wire, whatever the backend gives
         self.counters = {"sent": 0, "hello_sent": 0, "bad_frames_in": 0, "bad_acks": 0,
                          "unexpected_in": 0, "oversize": 0, "unencodable": 0, "connects": 0,
@@ -277,7 +266,7 @@ class LinkClient:
                 if self._link is not link:
                     break
                 for item in self.decoder.feed(data):
-                    if isinstance(item, LinkFrameError):
+                    if isinstance(item, str):  # a rejected candidate's kind
                         self.counters["bad_frames_in"] += 1
                     else:
                         self._on_frame(item)

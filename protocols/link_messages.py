@@ -1,7 +1,8 @@
 """Payloads of the node-link frames (HELLO, DATA, ACK, CMD, RESULT, HEALTH): msgpack maps with short
 keys, validated on decode so neither side ever acts on a malformed message.
 
-The frame around them (version, type, seq, CRC-32, COBS) is protocols/link_frame.py. Keys, by type:
+The frame around them (version, type, seq, CRC-32, COBS) is protocols/link_frame.py (a node's part
+of it protocols/link_wire.py). Keys, by type:
 
 HELLO   node str, fw str (firmware version), cfg str (config hash), boot int (boot id, new on every
         reboot), tick int (node ticks_ms when sent), streams [[sid, name, unit, kind, dec|nil], ...],
@@ -27,7 +28,7 @@ protocols/link_data.py (a node only writes them).
 """
 
 from protocols.errors import ProtocolError
-from protocols.link_frame import ACK, CMD, DATA, HEALTH, HELLO, RESULT
+from protocols.link_wire import ACK, CMD, DATA, HEALTH, HELLO, RESULT
 from protocols.msgpack_lite import MsgpackError, packb, unpackb
 
 

@@ -18,8 +18,10 @@ INVENTORY = load_inventory()
 PROFILES = load_profiles()
 BOARDS = [b["id"] for b in boards(INVENTORY)]
 # Never on a board: the server side of Modbus and the whole codec around the master's part (a node
-# carries modbus_adu and modbus_framing), the gateway's batch format, the harness's generators.
+# carries modbus_adu and modbus_framing), the gateway's side of the link (the decoder with reasons,
+# DATA read back), the gateway's batch format and bus budget, the harness's generators.
 HOST_ONLY = {"protocols/modbus_server.py", "protocols/modbus_rtu.py", "protocols/modbus_receiver.py",
+             "protocols/modbus_plan_time.py", "protocols/link_frame.py", "protocols/link_data.py",
              "protocols/batch_cnb1.py", "protocols/batch_builder.py", "protocols/batch_columns.py",
              "firmware/traffic_sim.py"}
 MODBUS = {"protocols/modbus_adu.py", "protocols/modbus_framing.py", "protocols/modbus_plan.py",
@@ -49,6 +51,9 @@ def test_each_board_carries_only_its_own_device_stacks() -> None:
     cab = _files("cab-pico")  # signal controller + loop pairs: Modbus and presence, no frame sensors
     assert MODBUS <= cab and "firmware/presence_filter.py" in cab
     assert "firmware/drivers/uart_pm.py" not in cab and "firmware/wifi.py" not in cab
+    # The controller's reads come from the planner: no write request, no field checks.
+    assert "protocols/modbus_write.py" not in cab and "protocols/modbus_fields.py" not in cab
+    assert {"protocols/modbus_write.py", "protocols/modbus_fields.py"} <= esp  # the S8's calibration
 
 
 @pytest.mark.parametrize("board", BOARDS)

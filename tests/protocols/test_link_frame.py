@@ -1,5 +1,6 @@
 """protocols/link_frame.py against an independent implementation (struct + zlib.crc32 + the PyPI
-`cobs` package), property tests for chunking and resynchronisation, and fuzzing of the decoder."""
+`cobs` package), property tests for chunking and resynchronisation, and fuzzing of the decoder
+(and of the node's LinkFrameReader, protocols/link_wire.py, against it)."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def describe(item: object) -> tuple:
     return ("error", item.kind, item.offset)
 
 
-def feed_in_chunks(decoder: lf.LinkFrameDecoder, stream: bytes, cuts: list[int]) -> list:
+def feed_in_chunks(decoder: lf.LinkFrameReader, stream: bytes, cuts: list[int]) -> list:
     items = []
     previous = 0
     for cut in sorted(set(c % (len(stream) + 1) for c in cuts)) + [len(stream)]:
@@ -275,6 +276,14 @@ def check_feed_matches_reference(stream: bytes, max_payload: int, cut_points: li
     errors = sum(1 for i in items if i[0] == "error")
     assert sum(decoder.counters[k] for k in lf.ERROR_KINDS) == errors
     assert decoder.counters["frames"] == len(items) - errors
+    # The node's reader (protocols/link_wire.py) takes the same frames and rejects the same
+    # candidates, returning only their kinds, and counts exactly as the decoder does.
+    reader = lf.LinkFrameReader(max_payload)
+    decoder = lf.LinkFrameDecoder(max_payload)
+    expected = [i.kind if isinstance(i, lf.LinkFrameError) else i
+                for i in feed_in_chunks(decoder, stream, cut_points)]
+    assert feed_in_chunks(reader, stream, cut_points) == expected
+    assert reader.counters == decoder.counters
 
 
 @fuzz_settings(DEFAULT_EXAMPLES)
