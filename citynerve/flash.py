@@ -7,7 +7,8 @@ Steps, each refusing with one sentence that names the place when it cannot go on
     problem lines, before the board is touched;
  2. build the bundle: the board's import closure (citynerve/firmware_bundle.py) compiled with the
     real mpy-cross into /lib, firmware/main.py as /main.py, and the board's generated /config.json
-    (citynerve/inventory.py; plus the harness's "host" section when an emulated board is flashed);
+    (citynerve/inventory.py; plus the harness's "host" section when an emulated board is flashed)
+    and /link.json (its id and link alone: what safe mode runs on if config.json is unusable);
  3. over the REPL with the real mpremote (its SerialTransport: Ctrl-C, raw REPL after a soft reset,
     which stops the running firmware but not a hardware watchdog it armed);
  4. the flash hold, when the board has a /main.py (a firmware that may have armed its watchdog):
@@ -77,6 +78,7 @@ __all__ = [
 ]
 
 BOOTLOG = "bootlog.json"  # firmware/safe_boot.py
+LINK_FILE = "link.json"  # firmware/safe_boot.py: what safe mode reads when config.json is unusable
 HOLD = "flash_hold"  # firmware/main.py
 BACKENDS = ("machine", "host")
 
@@ -209,7 +211,28 @@ def build_bundle(config: dict[str, Any], *, backend: str = "machine", build_dir:
         files.append(BoardFile("lib/" + rel.with_suffix(".mpy").as_posix(), target.read_bytes()))
     files.append(BoardFile("main.py", (root / "firmware" / "main.py").read_bytes()))
     files.append(BoardFile("config.json", config_bytes(config)))
+    files.append(BoardFile(LINK_FILE, link_file_bytes(config, backend=backend)))
     return files
+
+
+def link_file_bytes(config: dict[str, Any], *, backend: str = "machine") -> bytes:
+    """/link.json: the board's id and link section (and the harness's host section, which wires an
+    emulated board's link). A node whose config.json cannot be read or used boots safe mode on it
+    (firmware/safe_boot.py safe_link), so it still reaches its gateway, under its own id, and says
+    why. The link is checked the way the firmware will read it: a board whose link the firmware
+    cannot open (a `usb` link: firmware/hal_machine.py has no USB CDC link) is refused here rather
+    than flashed to be silent; the harness's host backend opens whatever its host section says."""
+    from firmware.safe_boot import link_problem
+
+    link = config.get("link")
+    problem = link_problem(link)
+    if problem is not None and backend == "machine":
+        raise FlashError(f"{config.get('node')}: {problem}: the firmware could not open this board's link (boards.toml "
+                         "[[board]] link; a node opens uart or tcp links)", board=config.get("node"))
+    saved: dict[str, Any] = {"node": config.get("node"), "link": link}
+    if "host" in config:
+        saved["host"] = config["host"]
+    return config_bytes(saved)
 
 
 def _kb(size: int) -> str:

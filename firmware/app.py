@@ -15,12 +15,11 @@ from firmware.clock import GatewayClock
 from firmware.config import FatalConfigError, driver_for, load, validate
 from firmware.node_context import NodeContext
 from firmware.outbox import Outbox
-from firmware.safe_boot import BootGuard
+from firmware.safe_boot import BootGuard, safe_link
 from firmware.streams import StreamTable
 
 FW_VERSION = "0.1.0"
 WATCHDOG_MS = 8000
-SAFE_LINK = {"transport": "usb"}
 
 
 def config_hash(raw):
@@ -109,9 +108,18 @@ async def main(config_path="config.json"):
         except FatalConfigError as exc:
             fatal = str(exc)
     if fatal is not None:
-        config = {"node": (config or {}).get("node") or "unconfigured", "link": (config or {}).get("link", SAFE_LINK),
-                  "buses": {}, "devices": [], "profiles": {}}
+        # Safe mode on whatever link can still be known (firmware/safe_boot.py safe_link): the
+        # config's own, the one `citynerve flash` saved in /link.json, or the board's default
+        # UART, so the node can still tell its gateway why it is not running.
+        node_id, link, host, why = safe_link(backend, config)
+        if host is not None and hasattr(backend, "configure"):
+            backend.configure(host)  # the harness's emulated board: where its link goes
+        if not isinstance(node_id, str) or not node_id:
+            node_id = "unconfigured"
+        config = {"node": node_id, "link": link, "buses": {}, "devices": [], "profiles": {}}
         errors.append(["config", fatal])
+        if why is not None:
+            errors.append(["link", why])
     if guard.safe_mode:
         devices = []
         errors.append(["safe_mode", guard.reason])

@@ -7,6 +7,7 @@ against the MicroPython docs for machine.UART, machine.Pin.irq and machine.WDT.
 import asyncio
 import gc
 import os
+import sys
 import time
 
 import machine
@@ -23,6 +24,16 @@ ticks_add = time.ticks_add
 # an edge stamped before that read is already queued. 2 ms is margin for IRQ latency, not a need;
 # the 50 ms default is for the harness, whose edges come over a control channel.
 EDGE_LAG_US = 2000
+
+# The link of last resort (firmware/safe_boot.py safe_link): a node whose /config.json and
+# /link.json are both unusable opens UART 0 at 115200 baud 8N1 on the port's default UART 0 pins,
+# so it can still tell a gateway why it is not running. A Pico: GP0 (TX) / GP1 (RX), where the
+# demo's boards wire their link. An ESP32: GPIO1 / GPIO3, its USB-serial bridge (the REPL's UART,
+# so console lines come out between the frames; the gateway's decoder skips them).
+if sys.platform == "esp32":
+    SAFE_LINK = {"transport": "uart", "uart": 0, "tx": 1, "rx": 3, "baud": 115200}
+else:
+    SAFE_LINK = {"transport": "uart", "uart": 0, "tx": 0, "rx": 1, "baud": 115200}
 
 # framing string -> (parity for machine.UART: None, 0 even, 1 odd; stop bits)
 _FRAMING = {"8N1": (None, 1), "8E1": (0, 1), "8O1": (1, 1), "8N2": (None, 2)}

@@ -32,10 +32,12 @@ from citynerve.flash import (
     HelloTimeout,
     NoReplError,
     PortError,
+    FlashError,
     board_config_for,
     build_bundle,
     config_hash,
     flash,
+    link_file_bytes,
 )
 from citynerve.flash_cli import GatewayHealthHello
 from citynerve.flash_manifest import MANIFEST, Manifest
@@ -135,6 +137,8 @@ async def test_a_fresh_board_is_flashed_boots_and_a_reflash_copies_nothing(
         assert result.hello["errors"] == [], "the flashed config is whole: no config errors"
         config = json.loads(next(f.data for f in files if f.path == "config.json"))
         assert config["host"] == host and result.hello["cfg"] == config_hash(config_bytes(config))
+        saved = json.loads(next(f.data for f in files if f.path == "link.json"))
+        assert saved == {"node": BOARD, "link": config["link"], "host": host}, "safe mode's link, beside the config"
         assert bundle_snapshot(board.flash_dir) == {f.path: f.data for f in files}, "the flash persisted on the host"
         manifest = Manifest.parse((board.flash_dir / MANIFEST).read_bytes())
         assert manifest is not None and not manifest.pending and manifest.board == BOARD
@@ -439,3 +443,15 @@ def test_a_board_with_an_older_main_py_gets_the_new_one_before_the_hold(
         assert result.held and emulated.wait_for_output(b"[boot] held for citynerve flash", timeout=1, since=mark)
         assert result.copied == [], "main.py was already replaced for the hold"
         assert (emulated.flash_dir / "main.py").read_bytes() == (REPO / "firmware" / "main.py").read_bytes()
+
+
+def test_link_json_holds_the_id_and_link_and_a_link_the_firmware_cannot_open_is_refused() -> None:
+    """/link.json (what safe mode runs on when config.json is unusable): the board's id and link
+    section alone; a `usb` link, which firmware/hal_machine.py cannot open, is refused for a board
+    (the harness's host backend opens whatever its host section says)."""
+    config = board_config_for(BOARD, boards_file=DEFAULT_BOARDS)
+    assert json.loads(link_file_bytes(config)) == {"node": BOARD, "link": config["link"]}
+    usb = dict(config, link={"transport": "usb", "gateway_port": "/dev/ttyACM0"})
+    with pytest.raises(FlashError, match=f"^{BOARD}: link.transport 'usb' is not one a node opens"):
+        link_file_bytes(usb)
+    assert json.loads(link_file_bytes(usb, backend="host"))["link"]["transport"] == "usb"
