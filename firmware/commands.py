@@ -24,21 +24,14 @@ DEVICE_TIMEOUT_S = 5  # a device command that takes longer is answered as failed
 DEVICE_OPS = ("sleep", "wake", "mode")
 
 
-def _int_arg(args, key):
-    value = args.get(key)
-    # bool is an int in Python; True is not an interval.
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
 async def _ping(args, node, devices, link_client):
     return True, "pong", {"tick": node.hal.ticks_ms()}
 
 
 async def _set_interval(args, node, devices, link_client):
-    value = _int_arg(args, "interval_s")
-    if value is None:
+    value = args.get("interval_s")
+    # bool is an int in Python; True is not an interval.
+    if isinstance(value, bool) or not isinstance(value, int):
         return False, "set_interval needs args.interval_s, a whole number of seconds", None
     if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:
         return False, "set_interval: %d s is outside %d..%d s" % (

@@ -19,8 +19,9 @@ silently by the decoder. The default max_payload is 1024 bytes (configurable on 
 ends of a link must agree).
 
 Split so a node carries only what it runs: protocols/link_wire.py holds the constants, encode_frame,
-LinkFrame and LinkFrameReader (which only counts what it rejects), all re-exported here; this module
-adds LinkFrameDecoder, the reader that reports every rejection as a LinkFrameError with its reason.
+a plain LinkFrame and LinkFrameReader (which only counts what it rejects), re-exported here; this
+module adds LinkFrameDecoder, the reader that reports every rejection as a LinkFrameError with its
+reason, and the LinkFrame it returns, which compares and prints (type_name).
 
 LinkFrameDecoder never raises on input. Every non-empty run of bytes between delimiters is one
 candidate frame; one that fails is reported as a LinkFrameError in the list `feed` returns, counted
@@ -45,10 +46,35 @@ since the decoder was created or reset) of the candidate's first byte.
 """
 
 from protocols.errors import ProtocolError
+from protocols import link_wire
 from protocols.link_wire import (  # noqa: F401 - re-exported: this module is the whole codec
     ACK, CMD, CRC_LEN, DATA, DELIMITER, ERROR_KINDS, HEADER_LEN, HEALTH, HELLO, MAX_PAYLOAD, MAX_SEQ,
-    OVERHEAD, RESULT, TYPE_NAMES, VERSION, LinkFrame, LinkFrameReader, LinkFrameValueError,
-    encode_frame, type_name)
+    OVERHEAD, RESULT, TYPE_NAMES, VERSION, LinkFrameReader, LinkFrameValueError, encode_frame)
+
+
+def type_name(frame_type):
+    """"HELLO", "DATA", ... for a known type, "UNKNOWN(n)" otherwise (for logs and messages)."""
+    name = TYPE_NAMES.get(frame_type)
+    if name is None:
+        return "UNKNOWN(%r)" % (frame_type,)
+    return name
+
+
+class LinkFrame(link_wire.LinkFrame):
+    """One good frame: `type` (an int, see TYPE_NAMES), `seq` (u32) and `payload` (bytes); equal to
+    any frame (this class or link_wire's, a node's) with the same three."""
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, link_wire.LinkFrame)
+            and self.type == other.type
+            and self.seq == other.seq
+            and self.payload == other.payload
+        )
+
+    def __repr__(self):
+        return "LinkFrame(%s, seq=%d, payload=%d bytes)" % (
+            type_name(self.type), self.seq, len(self.payload))
 
 
 class LinkFrameError(ProtocolError):
@@ -69,6 +95,8 @@ class LinkFrameDecoder(LinkFrameReader):
     received, and its COBS decoding) and never grows them. A candidate that arrives whole inside
     one chunk is decoded straight from the chunk, without copying it into the buffer.
     """
+
+    _FRAME = LinkFrame
 
     def _reject(self, out, kind, length, a, b):
         reason = self._reason(kind, a, b)

@@ -1,5 +1,5 @@
 """The node link's frame codec, what a node carries (protocols/link_frame.py documents the frame
-and re-exports all of this): the constants, encode_frame, LinkFrame, and LinkFrameReader, the
+and re-exports the rest of this): the constants, encode_frame, LinkFrame, and LinkFrameReader, the
 incremental reader. A node only counts what it rejects, so the reader returns, for a rejected
 candidate, only its kind (a str, also its counters key); link_frame.LinkFrameDecoder, the
 gateway's, returns a LinkFrameError with the reason in its place.
@@ -44,39 +44,18 @@ ERROR_KINDS = (
 )
 
 
-def type_name(frame_type):
-    """"HELLO", "DATA", ... for a known type, "UNKNOWN(n)" otherwise (for logs and messages)."""
-    name = TYPE_NAMES.get(frame_type)
-    if name is None:
-        return "UNKNOWN(%r)" % (frame_type,)
-    return name
-
-
 class LinkFrameValueError(ValueError):
     """encode_frame was given a type, seq or payload it cannot put in a frame."""
 
 
 class LinkFrame:
-    """One good frame: `type` (an int, see TYPE_NAMES), `seq` (u32) and `payload` (bytes)."""
-
-    __slots__ = ("type", "seq", "payload")
+    """One good frame: `type` (an int, see TYPE_NAMES), `seq` (u32) and `payload` (bytes). A node
+    only reads its fields; link_frame.LinkFrame, the gateway's, adds == and a repr."""
 
     def __init__(self, frame_type, seq, payload):
         self.type = frame_type
         self.seq = seq
         self.payload = payload
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, LinkFrame)
-            and self.type == other.type
-            and self.seq == other.seq
-            and self.payload == other.payload
-        )
-
-    def __repr__(self):
-        return "LinkFrame(%s, seq=%d, payload=%d bytes)" % (
-            type_name(self.type), self.seq, len(self.payload))
 
 
 def _check_max_payload(max_payload):
@@ -120,6 +99,8 @@ class LinkFrameReader:
     received, and its COBS decoding) and never grows them. A candidate that arrives whole inside
     one chunk is decoded straight from the chunk, without copying it into the buffer.
     """
+
+    _FRAME = LinkFrame  # the class of the frames returned (LinkFrameDecoder: link_frame's)
 
     def __init__(self, max_payload=MAX_PAYLOAD):
         _check_max_payload(max_payload)
@@ -226,4 +207,4 @@ class LinkFrameReader:
             self._reject(out, "unknown_type", length, frame_type, seq)
             return
         self.counters["frames"] += 1
-        out.append(LinkFrame(frame_type, seq, bytes(self._raw_mv[HEADER_LEN:body])))
+        out.append(self._FRAME(frame_type, seq, bytes(self._raw_mv[HEADER_LEN:body])))

@@ -67,13 +67,9 @@ class ModbusException(Exception):
         self.unit = unit
         self.function = function
         self.code = code
-        self.name = exception_name(code)
+        self.name = EXCEPTION_NAMES.get(code, "unknown exception code")
         super().__init__("unit %d answered function 0x%02X with exception %02X (%s)"
                            % (unit, function, code, self.name))
-
-
-def exception_name(code):
-    return EXCEPTION_NAMES.get(code, "unknown exception code")
 
 
 # --- encoding helpers (shared with modbus_rtu and modbus_server) ---------------------------------

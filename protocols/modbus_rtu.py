@@ -25,7 +25,7 @@ from protocols.errors import ProtocolError  # noqa: F401 - re-exported
 from protocols.modbus_adu import (  # noqa: F401 - re-exported: this module is the whole codec
     ANY_ADDRESS, BROADCAST, COIL_ON, ECHOES, EXCEPTION_LENGTH, EXCEPTION_NAMES, FUNCTIONS,
     ILLEGAL_DATA_VALUE, MAX_ADU, MAX_UNIT, READ_LIMITS, READS, ModbusException, ModbusFrameError,
-    ModbusRequestError, exception_name, get_word, reply_length, reply_values, request_error,
+    ModbusRequestError, get_word, reply_length, reply_values, request_error,
     request_head, response_length, short_request, unpack_bits, with_crc)
 from protocols.modbus_fields import (  # noqa: F401 - re-exported
     ILLEGAL_DATA_ADDRESS, ILLEGAL_FUNCTION, check_range, check_registers, check_unit)
@@ -44,6 +44,11 @@ WRITE_MULTIPLE_REGISTERS = 0x10
 READ_WRITE_MULTIPLE_REGISTERS = 0x17
 
 WRITE_LIMITS = {0x0F: 1968, 0x10: 123, 0x17: 121}  # application spec §6.11, §6.12, §6.17
+
+
+def exception_name(code):
+    """The spec's name of exception `code` (ModbusException.name)."""
+    return ModbusException(0, 0, code).name
 
 
 class ModbusRequest:

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols import link_frame as lf
+from protocols import link_wire
 from protocols.errors import ProtocolError
 from tests.conftest import VECTOR_DIR
 from tests.protocols.fuzz import (
@@ -251,8 +252,11 @@ def test_link_frame_value_semantics() -> None:
     assert a != lf.LinkFrame(6, 4, b"\x00")
     assert a != (6, 3, b"\x00")
     assert repr(a) == "LinkFrame(HEALTH, seq=3, payload=1 bytes)"
-    with pytest.raises(AttributeError):
-        a.extra = 1  # __slots__: no per-frame dict on a microcontroller
+    # A node's frames are link_wire's plain LinkFrame (no == or repr on its flash; no __slots__
+    # either: MicroPython ignores them, an instance keeps its attribute map whatever they say).
+    plain = link_wire.LinkFrame(6, 3, b"\x00")
+    assert a == plain and plain == a and a != link_wire.LinkFrame(6, 3, b"\x01")
+    assert (plain.type, plain.seq, plain.payload) == (6, 3, b"\x00")
 
 
 # --- decoder: fuzzing --------------------------------------------------------------------------
