@@ -90,7 +90,7 @@ def unpack_bits(data, at, count):
     return [bool(data[at + (i >> 3)] & (1 << (i & 7))) for i in range(count)]
 
 
-# --- request checks and building -----------------------------------------------------------------
+# --- request building ------------------------------------------------------------------------------
 
 def request_error(reason, code):
     raise ModbusRequestError(reason, code)

@@ -224,6 +224,8 @@ def out(**record):
 def shown(result):
     if failed(result):
         return {"fault": fault_of(result)[0]}
+    if isinstance(result, Exception):
+        return {"error": type(result).__name__}
     return result
 
 
@@ -322,6 +324,9 @@ async def _run_steps(runtime: str, build_dir: Path, peer_address: str, steps: li
         return fw.records
 
 
+BAD_CRC = rtu.read_holding_registers(1, 0, 1)[:-1] + b"\x00"
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_merged_reads_exceptions_and_timeouts(runtime: str, build_dir: Path) -> None:
     s8 = PROFILES["senseair-s8"]
@@ -341,6 +346,9 @@ async def test_merged_reads_exceptions_and_timeouts(runtime: str, build_dir: Pat
         {"name": "nobody", "op": "request", "unit": 1, "bus": "empty",
          "adu": rtu.read_holding_registers(1, 0, 1).hex()},
         {"name": "s8", "op": "plan", "unit": 254, "profile": s8, "any_address": True},
+        # A raw ADU the master cannot trust (its CRC, its length) is refused before the bus.
+        {"name": "bad_crc", "op": "request", "unit": 1, "adu": BAD_CRC.hex()},
+        {"name": "short", "op": "request", "unit": 1, "adu": rtu.read_holding_registers(1, 0, 1)[:7].hex()},
         {"name": "counters", "op": "counters", "units": [1, 9, 254]},
     ]
     async with modbus_peer(devices, dead=[9]) as peer, silent_bus() as empty:
@@ -361,6 +369,7 @@ async def test_merged_reads_exceptions_and_timeouts(runtime: str, build_dir: Pat
     assert by_step["dead"]["result"] == {"fault": FAULT_TIMEOUT}
     assert by_step["nobody"]["result"] == {"fault": FAULT_TIMEOUT}
     assert by_step["s8"]["results"] == [[0], [400]]  # meter status, then CO2 (IR1 and IR4)
+    assert by_step["bad_crc"]["result"] == by_step["short"]["result"] == {"error": "ModbusFrameError"}
     # What the peer decoded: the fewest requests each plan allows, and one retry to the dead unit.
     assert peer.seen(1) == [
         (3, 0, 6),
