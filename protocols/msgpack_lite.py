@@ -207,19 +207,19 @@ def _length(data, pos, end, size, what):
     return _unpack_from(">I", data, pos)[0], pos + 4
 
 
-# Fixed-size scalars by type byte: (struct format, payload bytes, what).
-_SCALARS = {
-    0xCA: (">f", 4, "float32"),
-    0xCB: (">d", 8, "float64"),
-    0xCC: (">B", 1, "uint8"),
-    0xCD: (">H", 2, "uint16"),
-    0xCE: (">I", 4, "uint32"),
-    0xCF: (">Q", 8, "uint64"),
-    0xD0: (">b", 1, "int8"),
-    0xD1: (">h", 2, "int16"),
-    0xD2: (">i", 4, "int32"),
-    0xD3: (">q", 8, "int64"),
-}
+# Fixed-size scalars, type bytes 0xCA..0xD3 in order: (struct format, payload bytes, what).
+_SCALARS = (
+    (">f", 4, "float32"),  # 0xCA
+    (">d", 8, "float64"),
+    (">B", 1, "uint8"),
+    (">H", 2, "uint16"),
+    (">I", 4, "uint32"),
+    (">Q", 8, "uint64"),
+    (">b", 1, "int8"),
+    (">h", 2, "int16"),
+    (">i", 4, "int32"),
+    (">q", 8, "int64"),  # 0xD3
+)
 # Variable-length families: type byte -> (length bytes, kind).
 _SIZED = {
     0xC4: (1, "bin"), 0xC5: (2, "bin"), 0xC6: (4, "bin"),
@@ -248,8 +248,8 @@ def _unpack(data, pos, end, depth):
         return False, pos + 1
     if b == 0xC3:
         return True, pos + 1
-    spec = _SCALARS.get(b)
-    if spec is not None:
+    if 0xCA <= b <= 0xD3:
+        spec = _SCALARS[b - 0xCA]
         if pos + 1 + spec[1] > end:
             raise _truncated(spec[2], pos)
         return _unpack_from(spec[0], data, pos + 1)[0], pos + 1 + spec[1]
