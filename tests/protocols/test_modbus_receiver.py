@@ -101,6 +101,11 @@ def test_server_on_a_shared_bus_skips_other_replies(data: st.DataObject) -> None
         looks_like_request = rtu.request_length(reply) == len(reply)
         want += [adu, reply] if reply == adu or looks_like_request else [adu]
     rx = RtuReceiver(role="server")
+    # The stream starts with a frame: a boundary first, so the receiver trusts the first header
+    # rather than hunting (joined mid-stream, it takes a CRC-valid frame that happens to lie inside
+    # a long request's data while the request waits for its tail, as hypothesis found: a function
+    # 17 request whose values include 40BD 0001 4400, fed in two chunks).
+    assert rx.flush() == []
     items = []
     for chunk in chunked(stream, data.draw(st.lists(st.integers(0, 3000)))):
         items += rx.feed(chunk)
