@@ -37,9 +37,16 @@ class Outbox:
             return False
         dt = ticks_diff(tick_ms, self._base(tick_ms))
         if fault:
-            self._f.extend((len(self._m) // 3, fault, detail))
+            f = self._f
+            f.append(len(self._m) // 3)
+            f.append(fault)
+            f.append(detail)
             value = None
-        self._m.extend((sid, dt, value))
+        # append, not extend((...)): no tuple per reading
+        m = self._m
+        m.append(sid)
+        m.append(dt)
+        m.append(value)
         if self.on_add is not None:
             self.on_add(False)
         return True
@@ -48,7 +55,10 @@ class Outbox:
         if len(self._e) >= 3 * self.max_events:
             self.dropped += 1
             return False
-        self._e.extend((ticks_diff(tick_ms, self._base(tick_ms)), code, param))
+        e = self._e
+        e.append(ticks_diff(tick_ms, self._base(tick_ms)))
+        e.append(code)
+        e.append(param)
         if self.on_add is not None:
             self.on_add(True)
         return True

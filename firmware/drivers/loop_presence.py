@@ -156,7 +156,6 @@ class LoopPresenceDriver:
         self._queue = EdgeQueue(int(device_cfg.get("queue", 64)))
         self._flag = node.hal.Flag()
         self._outputs = []  # (sid, IntervalMeasures attribute)
-        self._sid = {}
         for s in profile.get("streams", []):
             attr = s.get("field", _MEASURES.get(s["name"]))
             if attr is None:
@@ -168,11 +167,8 @@ class LoopPresenceDriver:
             sid = node.streams.add(self.id + "/" + s["name"], s.get("unit", ""),
                                    s.get("kind", "gauge"), s.get("dec"))
             self._outputs.append((sid, attr))
-            self._sid[attr] = sid
-        self.counters = {"intervals": 0, "faulted_intervals": 0, "vehicles": 0,
-                         "raw_edges": 0, "edges": 0, "bounces": 0, "out_of_order": 0,
-                         "overflows": 0, "stuck_on": 0, "stuck_off": 0, "chatter": 0,
-                         "late_edges": 0, "unmatched_a": 0, "unmatched_b": 0, "driver_errors": 0}
+        # The driver's own counts; `counters` (HEALTH) adds its filters' and its lane's.
+        self._intervals = self._faulted_intervals = self._driver_errors = 0
         self.last_fault = None
         self._lane = None
         self._b_ms = 0  # the boundary that closes the current interval, in ms and us ticks
@@ -203,7 +199,7 @@ class LoopPresenceDriver:
                 try:
                     wait_ms = self._step()
                 except Exception as exc:  # a bug must not stop the lane for good
-                    self.counters["driver_errors"] += 1
+                    self._driver_errors += 1
                     self.last_fault = "%s: processing edges failed (%r)." % (self.id, exc)
                     wait_ms = 0
                 if not wait_ms:
@@ -255,7 +251,6 @@ class LoopPresenceDriver:
                 break
             self._deliver(self._b_us)
             self._close()
-        self._refresh_counters()
         wait = 0
         for f in filters:
             at = f.confirm_at()
@@ -326,13 +321,13 @@ class LoopPresenceDriver:
 
     def _emit(self, m, tick_ms):
         node = self.node
-        self.counters["intervals"] += 1
+        self._intervals += 1
         detail = m.faults_a | (m.faults_b << 4)
         if not m.valid:
-            self.counters["faulted_intervals"] += 1
+            self._faulted_intervals += 1
             code = FAULT_STUCK if m.faults_a & STUCK_ON else FAULT_SENSOR
             for attr in ("volume", "occupancy_pct"):
-                sid = self._sid.get(attr)
+                sid = self._sid_of(attr)
                 if sid is not None:
                     node.sample(sid, None, code, detail, tick_ms)
             return
@@ -343,12 +338,24 @@ class LoopPresenceDriver:
         if self._trap and m.faults_b & SUPPRESSING:
             code = FAULT_STUCK if m.faults_b & STUCK_ON else FAULT_SENSOR
             for attr in _TRAP_ONLY:
-                sid = self._sid.get(attr)
+                sid = self._sid_of(attr)
                 if sid is not None:
                     node.sample(sid, None, code, detail, tick_ms)
 
-    def _refresh_counters(self):
-        c = self.counters
+    def _sid_of(self, attr):
+        """The stream of IntervalMeasures attribute `attr` (the last one declared), or None: a scan
+        of the few outputs, once an interval, rather than a dict kept beside them."""
+        found = None
+        for sid, name in self._outputs:
+            if name == attr:
+                found = sid
+        return found
+
+    @property
+    def counters(self):
+        """The counters HEALTH reports: the driver's own, its filters' summed, its edge queue's
+        overflows and its lane's. Built when read (every health_s), not kept in a dict of 16
+        that every step rewrote."""
         raw = edges = bounces = ooo = stuck_on = stuck_off = chatter = 0
         for f in self._filters:
             fc = f.counters
@@ -359,16 +366,10 @@ class LoopPresenceDriver:
             stuck_on += fc["stuck_on"]
             stuck_off += fc["stuck_off"]
             chatter += fc["chatter"]
-        c["raw_edges"] = raw
-        c["edges"] = edges
-        c["bounces"] = bounces
-        c["out_of_order"] = ooo
-        c["stuck_on"] = stuck_on
-        c["stuck_off"] = stuck_off
-        c["chatter"] = chatter
-        c["overflows"] = self._queue.overflows
-        lc = self._lane.counters
-        c["vehicles"] = lc["vehicles"]
-        c["late_edges"] = lc["late_edges"]
-        c["unmatched_a"] = lc["unmatched_a"]
-        c["unmatched_b"] = lc["unmatched_b"]
+        lane = self._lane.counters if self._lane is not None else {}
+        return {"intervals": self._intervals, "faulted_intervals": self._faulted_intervals,
+                "vehicles": lane.get("vehicles", 0), "raw_edges": raw, "edges": edges,
+                "bounces": bounces, "out_of_order": ooo, "overflows": self._queue.overflows,
+                "stuck_on": stuck_on, "stuck_off": stuck_off, "chatter": chatter,
+                "late_edges": lane.get("late_edges", 0), "unmatched_a": lane.get("unmatched_a", 0),
+                "unmatched_b": lane.get("unmatched_b", 0), "driver_errors": self._driver_errors}
