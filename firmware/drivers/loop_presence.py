@@ -17,7 +17,8 @@ the filters at now - LAG_US (edges that reach the queue later than that after th
 are counted out of order: on a board the IRQ is microseconds, in the harness the control channel
 is milliseconds; a HAL may set EDGE_LAG_US). While an edge is pending the task wakes the moment
 it can be confirmed, so a detector event leaves debounce + lag after its edge instead of at the
-next tick (TICK_S, which remains for faults and intervals). It hands the lane, in time order
+next tick (every TICK_S one ticker task of the node steps every loop driver, for faults and
+intervals; a driver's own task wakes only for edges). It hands the lane, in time order
 across both loops, everything stamped before that poll time minus debounce. An interval
 [b0, b1) closes once that point has passed b1. The first, partial interval after start is not
 published. If the gateway clock is learnt (or steps) mid-run the next boundary moves; a stub
@@ -53,7 +54,7 @@ from protocols.quality_codes import (
 )
 from protocols.ticks import ticks_add, ticks_diff
 
-TICK_S = 0.1  # how often the task wakes with no edge pending (fault timing, intervals)
+TICK_S = 0.1  # how often the ticker steps each driver with no edge pending (faults, intervals)
 # Interval boundaries and on-times are ticks_us values, comparable only within 2**29 us (8.9 min);
 # an interval (1.5 of them when a clock step joins a stub) must stay inside that.
 MAX_INTERVAL_S = 300
@@ -90,29 +91,31 @@ def _hal_timebase(node):
     return tb
 
 
-def _join_ticker(node, tb, flag):
-    """Have `flag` set now and then every TICK_S of `tb` time, by the one ticker task that wakes
-    the node's loop drivers on `tb` (a task and its frames are ~1 KB of heap, and each wake ~0.25
-    KB of allocation on the VM: one per driver was that much per lane)."""
-    flag.set()
+def _join_ticker(node, tb, driver):
+    """Step `driver` now and then every TICK_S of `tb` time, from the one ticker task of the
+    node's loop drivers on `tb`. The ticker steps each driver itself rather than waking its task:
+    a task and its frames are ~1 KB of heap, and each wake of a task costs ~0.25 KB of allocation
+    on the VM (and a task switch on a board), 10 times a second per lane."""
     tickers = getattr(node, "_loop_tickers", None)
     if tickers is None:
         tickers = node._loop_tickers = []
     for entry in tickers:
         if entry[0] is tb:
-            entry[1].append(flag)
+            if driver not in entry[1]:  # a restarted run() joins once
+                entry[1].append(driver)
+            driver._tick()
             return
-    flags = [flag]
-    tickers.append([tb, flags])
-    asyncio.create_task(_ticker(tb, flags))
+    drivers = [driver]
+    tickers.append([tb, drivers])
+    asyncio.create_task(_ticker(tb, drivers))
 
 
-async def _ticker(tb, flags):
-    # Wake the drivers first, then every TICK_S: with a virtual timebase (time that jumps), a
-    # sleep that starts after a jump still sees that jump through the step it just triggered.
+async def _ticker(tb, drivers):
+    # Step the drivers first, then every TICK_S: with a virtual timebase (time that jumps), a
+    # sleep that starts after a jump still sees that jump through the step it just made.
     while True:
-        for flag in flags:
-            flag.set()
+        for driver in drivers:
+            driver._tick()
         await tb.sleep(TICK_S)
 
 
@@ -192,21 +195,31 @@ class LoopPresenceDriver:
         self._b_ms = ticks_add(now_ms, d)
         self._b_us = ticks_add(now_us, d * 1000)
         self.node.hal.InputPins(self._pins, self._queue, self._flag)
-        _join_ticker(self.node, tb, self._flag)
+        _join_ticker(self.node, tb, self)
+        # Woken by an edge (the IRQ's flag), or by the ticker when its step left an edge pending.
         while True:
             await self._flag.wait()
             while True:
-                try:
-                    wait_ms = self._step()
-                except Exception as exc:  # a bug must not stop the lane for good
-                    self._driver_errors += 1
-                    self.last_fault = "%s: processing edges failed (%r)." % (self.id, exc)
-                    wait_ms = 0
+                wait_ms = self._safe_step()
                 if not wait_ms:
                     break
                 # An edge is pending: step again as soon as it can be confirmed. (Edges queued
                 # meanwhile are stamped later: none can be confirmed sooner.)
                 await tb.sleep(wait_ms / 1000)
+
+    def _tick(self):
+        """The ticker's step (fault timing, intervals); an edge left pending hands over to the
+        driver's task, which steps again when it can be confirmed."""
+        if self._safe_step():
+            self._flag.set()
+
+    def _safe_step(self):
+        try:
+            return self._step()
+        except Exception as exc:  # a bug must not stop the lane for good
+            self._driver_errors += 1
+            self.last_fault = "%s: processing edges failed (%r)." % (self.id, exc)
+            return 0
 
     def _step(self):
         """Take the queued edges and poll the filters; returns the ms until a pending edge can be
