@@ -59,8 +59,9 @@ class Supervised:
 async def watch_heap(node, interval_ms):
     """Track the peak of the live heap (allocated bytes right after a collection) for HEALTH.
 
-    Collecting after an await matters: the VM's collector scans the C stack conservatively, and
-    only once control has gone back to the event loop are the previous step's temporaries gone."""
+    On a board gc.collect() runs at once. On the WebAssembly VM it only marks a collection due,
+    which runs when control next returns to JS, so there the figure also holds up to one interval
+    of garbage: bench/firmware_footprint.py's heap is an upper bound of a board's."""
     backend = node.hal
     while True:
         await asyncio.sleep(interval_ms / 1000)

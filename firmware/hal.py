@@ -14,7 +14,10 @@ this module knows which one it runs on. Every backend provides:
   OutputPin(pin)            value(v)
   Flag()                    an asyncio flag an interrupt handler may set: set(), async wait()
   Watchdog(timeout_ms)      feed(); resets the node when not fed in time
-  async open_link(link)     the node link's byte stream (UART, USB CDC or TCP): read/write/close
+  async open_link(link)     the node link's byte stream (UART or TCP; hal_machine has no USB CDC
+                            link yet, the REPL owns that port): read/write/close
+  SAFE_LINK                 the link safe mode opens when neither config.json nor /link.json
+                            gives one (firmware/safe_boot.py): UART 0 at 115200 on the board's pins
   unique_id() -> bytes, random_u32(), mem_free(), mem_alloc(), collect(), reset(reason)
   read_file(path) -> bytes or None, write_file(path, data)
 """
