@@ -11,7 +11,7 @@ apart, over loopback TCP.
 
   gateway        the real service (gateway/service.py GatewayService from a boards.toml): TCP node
                  link, NodeSession (decode, tick -> UTC, duplicate check, ACK after the spool
-                 commit), SQLite spool (WAL, synchronous=FULL), batcher (cnb1, zlib; measurements
+                 commit), SQLite spool (WAL, synchronous=FULL), batcher (cnb1, deflate-dict; measurements
                  sealed at 10 000 readings or 0.2 s after the first, so the run's tail
                  does not wait out the 10 s default; events within 100 ms), publisher drain
                  (QoS 1, window 64) and the PUBACK acknowledged to the spool. Measured from the
@@ -167,7 +167,7 @@ spool = "{spool}"
 event_window_ms = 100
 measurement_interval_s = 0.2
 batch_max_readings = 10000
-codec = "zlib"
+codec = "deflate-dict"  # the default
 health_interval_s = 300
 mqtt_reconnect_min_s = 0.05
 mqtt_reconnect_max_s = 0.3

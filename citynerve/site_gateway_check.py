@@ -39,7 +39,7 @@ GATEWAY_KEYS = {
     "measurement_interval_s": KeySpec(NUMBER, "measurement_interval_s = 10"),
     "batch_max_readings": KeySpec(INT, "batch_max_readings = 10000"),
     "batch_format": KeySpec(STR, 'batch_format = "cnb1"'),
-    "codec": KeySpec(STR, 'codec = "zlib"'),
+    "codec": KeySpec(STR, 'codec = "deflate-dict"'),
     "health_interval_s": KeySpec(NUMBER, "health_interval_s = 30"),
     "command_timeout_s": KeySpec(NUMBER, "command_timeout_s = 30"),
     "tcp_bind": KeySpec(STR, 'tcp_bind = "0.0.0.0"'),
@@ -63,7 +63,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "command_timeout_s": (0.1, 3600, "s"),
 }
 CHOICES = {"mqtt_protocol": ("3.1.1", "5"), "batch_format": ("cnb1", "json"),
-           "codec": ("zlib", "zstd", "none")}
+           "codec": ("deflate-dict", "zlib", "zstd", "none")}
 _TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 

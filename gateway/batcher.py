@@ -33,8 +33,9 @@ node boot and of at most batch_max_readings readings (a frame is never split).
 What. Measurements pass the stream's deadband and heartbeat (gateway/config.py StreamPolicy;
 default off: everything is published): a reading whose change from the last published value of
 its stream is within the deadband is left out, unless heartbeat_s has passed since that one; a
-fault is always published. The batch is encoded as cnb1 (protocols/batch_cnb1.py; "zlib": zlib,
-or none when zlib does not shrink it; "zstd" when the zstandard package is installed; "none") or
+fault is always published. The batch is encoded as cnb1 (protocols/batch_cnb1.py; "deflate-dict"
+(the default) or "zlib": that codec, or none when it does not shrink the batch; "zstd" when the
+zstandard package is installed; "none") or
 in JSON mode, and sealed with spool.seal_batch under the spool's next batch id, on topic
 .../{node}/m, /e or /health. A batch whose readings were all left out is sealed and acknowledged at
 once, never published (its batch id is a gap). Deadband state lives in memory: after a restart the
@@ -59,6 +60,7 @@ from gateway.spool_types import Frame, SealedBatch
 from gateway.topics import GatewayTopics
 from protocols.batch_cnb1 import (
     CODEC_AUTO,
+    CODEC_AUTO_DICT,
     CODEC_NONE,
     CODEC_ZSTD,
     Batch,
@@ -84,7 +86,7 @@ class BatcherSettings:
     measurement_interval_s: float = 10.0
     max_readings: int = 10_000
     batch_format: str = "cnb1"  # or "json"
-    codec: str = "zlib"  # "zlib", "zstd" or "none"
+    codec: str = "deflate-dict"  # "deflate-dict", "zlib", "zstd" or "none"
 
 
 @dataclass
@@ -198,7 +200,8 @@ class Batcher:
         self.filter = DeadbandFilter(policy)
         self._groups: dict[tuple[str, str], _Group] = {}
         self._wake = asyncio.Event()
-        self._codec: Any = {"zlib": CODEC_AUTO, "none": CODEC_NONE, "zstd": CODEC_ZSTD}[
+        self._codec: Any = {"deflate-dict": CODEC_AUTO_DICT, "zlib": CODEC_AUTO, "none": CODEC_NONE,
+                            "zstd": CODEC_ZSTD}[
             self.settings.codec
         ]
         if self._codec == CODEC_ZSTD and not codec_available(CODEC_ZSTD):

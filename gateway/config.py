@@ -19,8 +19,11 @@ read this table too):
     measurement_interval_s  measurement batches are at most this old (default 10)
     batch_max_readings      a batch is sealed at once when it holds this many readings (10000)
     batch_format            "cnb1" (default) or "json"
-    codec                   "zlib" (default; a batch zlib does not shrink goes uncompressed),
-                            "zstd" (zlib when the zstandard package is missing), "none"
+    codec                   "deflate-dict" (default: deflate primed with the cnb1 dictionary,
+                            protocols/batch_dictionary.py), "zlib" (plain RFC 1950, for
+                            decoders without the dictionary), "zstd" (zlib when the zstandard
+                            package is missing), "none"; a batch the codec does not shrink
+                            goes uncompressed
     health_interval_s       gateway and per-node health on MQTT (default 30)
     command_timeout_s       how long a node has to answer a command (default 30)
     tcp_bind                address the TCP node listener binds (default 127.0.0.1: Wi-Fi nodes
@@ -90,7 +93,7 @@ log = logging.getLogger("gateway.config")
 SERIAL_TRANSPORTS = ("uart", "usb")
 TRANSPORTS = SERIAL_TRANSPORTS + ("tcp",)
 FORMATS = ("cnb1", "json")
-CODECS = ("zlib", "zstd", "none")
+CODECS = ("deflate-dict", "zlib", "zstd", "none")
 DEFAULT_USB_BAUD = 115200  # USB CDC ignores it; pyserial still wants one
 _KNOWN_GATEWAY_KEYS = {
     "id", "broker", "credentials_file", "ca_file", "cert_file", "key_file", "insecure",
@@ -155,7 +158,7 @@ class GatewayConfig:
     measurement_interval_s: float = 10.0
     batch_max_readings: int = 10_000
     batch_format: str = "cnb1"
-    codec: str = "zlib"
+    codec: str = "deflate-dict"
     health_interval_s: float = 30.0
     command_timeout_s: float = 30.0
     tcp_bind: str = "127.0.0.1"
@@ -459,7 +462,7 @@ def _gateway_settings(check: _Checker, gw: Mapping[str, Any]) -> dict[str, Any]:
                                                  where=w, low=1, high=1_000_000, integer=True))
     out["batch_format"] = check.string(gw, "batch_format", "cnb1", section=s, where=w,
                                        choices=FORMATS)
-    out["codec"] = check.string(gw, "codec", "zlib", section=s, where=w, choices=CODECS)
+    out["codec"] = check.string(gw, "codec", "deflate-dict", section=s, where=w, choices=CODECS)
     out["health_interval_s"] = check.number(gw, "health_interval_s", 30.0, section=s, where=w,
                                             low=0.1, high=86_400)
     out["command_timeout_s"] = check.number(gw, "command_timeout_s", 30.0, section=s, where=w,

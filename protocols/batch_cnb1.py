@@ -2,7 +2,8 @@
 
     offset 0  magic    b"cnb1"
     offset 4  version  u8 = 1
-    offset 5  codec    u8: 0 none, 1 zlib (RFC 1950), 2 zstd (RFC 8878)
+    offset 5  codec    u8: 0 none, 1 zlib (RFC 1950), 2 zstd (RFC 8878),
+                          3 deflate-dict (RFC 1951 with protocols/batch_dictionary.py's preset)
     offset 6  gateway boot id  u32 big-endian
     offset 10 batch seq        u32 big-endian
     offset 14 body, compressed per codec: a columnar msgpack map (protocols/batch_columns.py)
@@ -13,7 +14,8 @@ BatchFormatError. The JSON mode (encode_batch_json / batch_to_json) carries the 
 as text, for humans and low-rate integrations.
 
 Compression: zlib from `zlib` on CPython, from MicroPython's `deflate` module otherwise; zstd from
-the `zstandard` package when it is installed (CPython only).
+the `zstandard` package when it is installed (CPython only); deflate-dict from `zlib` (CPython
+only: MicroPython's deflate takes no preset dictionary, and no node encodes or decodes batches).
 """
 
 import json
@@ -29,8 +31,10 @@ HEADER_SIZE = 14
 CODEC_NONE = 0
 CODEC_ZLIB = 1
 CODEC_ZSTD = 2
+CODEC_DICT = 3
 CODEC_AUTO = "auto"  # an encoder choice, never on the wire: zlib if it helps, else none
-CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd"}
+CODEC_AUTO_DICT = "auto-dict"  # likewise: deflate-dict if it helps, else none
+CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd", CODEC_DICT: "deflate-dict"}
 # A decompressed body larger than this is refused (a zip bomb is a malformed payload too).
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 ZLIB_LEVEL = 9
@@ -39,7 +43,8 @@ ZSTD_LEVEL = 19
 __all__ = [
     "Batch", "BatchFormatError", "encode_batch", "decode_batch", "encode_batch_json",
     "batch_to_json", "batch_to_dict", "codec_available", "MAGIC", "VERSION", "HEADER_SIZE",
-    "CODEC_NONE", "CODEC_ZLIB", "CODEC_ZSTD", "CODEC_AUTO", "decode_header",
+    "CODEC_NONE", "CODEC_ZLIB", "CODEC_ZSTD", "CODEC_DICT", "CODEC_AUTO", "CODEC_AUTO_DICT",
+    "decode_header",
 ]
 
 try:
@@ -68,7 +73,29 @@ def codec_available(codec):
         return _zlib is not None or _deflate is not None
     if codec == CODEC_ZSTD:
         return _zstd is not None
+    if codec == CODEC_DICT:
+        return _zlib is not None
     return False
+
+
+_dict_compressor = None
+
+
+def _dictionary():
+    from protocols.batch_dictionary import DICTIONARY_1
+
+    return DICTIONARY_1
+
+
+def _compress_dict(body):
+    # A raw deflate stream (no zlib header or Adler-32: 6 bytes a batch, and TLS to the broker
+    # already guards the payload) primed once with the dictionary; each batch starts from a copy.
+    global _dict_compressor
+    if _dict_compressor is None:
+        _dict_compressor = _zlib.compressobj(ZLIB_LEVEL, _zlib.DEFLATED, -15, 9,
+                                             _zlib.Z_DEFAULT_STRATEGY, _dictionary())
+    c = _dict_compressor.copy()
+    return c.compress(body) + c.flush()
 
 
 def _unavailable(codec, offset=None):
@@ -97,12 +124,15 @@ def _compress(body, codec):
             w.write(body)
             w.close()
             return buf.getvalue()
+    if codec == CODEC_DICT and _zlib is not None:
+        return _compress_dict(body)
     if codec == CODEC_ZSTD and _zstd is not None:
         return _zstd.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True,
                                     write_checksum=True).compress(body)
     if codec in CODEC_NAMES:
         raise _unavailable(codec)
-    raise ValueError("unknown codec %r: use CODEC_NONE, CODEC_ZLIB or CODEC_ZSTD" % (codec,))
+    raise ValueError("unknown codec %r: use CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD or CODEC_DICT"
+                     % (codec,))
 
 
 def _check_u32(v, what):
@@ -113,15 +143,17 @@ def _check_u32(v, what):
 def encode_batch(batch, gateway_boot, seq, codec=CODEC_AUTO):
     """The cnb1 payload of `batch` with batch id (gateway_boot, seq).
 
-    codec: CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, or CODEC_AUTO (the default): zlib when that is
-    smaller than the plain body, none otherwise (a batch of one or two events does not shrink).
+    codec: CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, CODEC_DICT, or CODEC_AUTO (the default): zlib when
+    that is smaller than the plain body, none otherwise (a batch of one or two events does not
+    shrink); CODEC_AUTO_DICT likewise with deflate-dict.
     The output depends only on the arguments, so a re-sent batch is byte-identical."""
     _check_u32(gateway_boot, "gateway_boot")
     _check_u32(seq, "seq")
     body = pack_body(body_fields(batch))
-    if codec == CODEC_AUTO:
-        packed = _compress(body, CODEC_ZLIB)
-        codec = CODEC_ZLIB if len(packed) < len(body) else CODEC_NONE
+    if codec == CODEC_AUTO or codec == CODEC_AUTO_DICT:
+        chosen = CODEC_ZLIB if codec == CODEC_AUTO else CODEC_DICT
+        packed = _compress(body, chosen)
+        codec = chosen if len(packed) < len(body) else CODEC_NONE
         if codec == CODEC_NONE:
             packed = body
     else:
@@ -159,6 +191,17 @@ def _inflate_bounded(packed, max_body):
     return b"".join(chunks)
 
 
+def _whole(body, complete, codec, max_body):
+    """The decompressed body once it is within max_body and its stream ended exactly at the end."""
+    if len(body) > max_body:
+        raise BatchFormatError("the body decompresses to more than %d bytes" % max_body,
+                               HEADER_SIZE)
+    if not complete:
+        raise BatchFormatError("the %s body is cut short or followed by extra bytes"
+                               % CODEC_NAMES[codec], HEADER_SIZE)
+    return body
+
+
 def _decompress(data, codec, max_body):
     if codec == CODEC_NONE:
         return data[HEADER_SIZE:]
@@ -180,13 +223,17 @@ def _decompress(data, codec, max_body):
             complete = len(packed) >= 6 and packed[-4:] == struct.pack(">I", _adler32(body))
         else:
             raise _unavailable(codec, 5)
-        if len(body) > max_body:
-            raise BatchFormatError("the body decompresses to more than %d bytes" % max_body,
-                                   HEADER_SIZE)
-        if not complete:
-            raise BatchFormatError("the zlib body is cut short or followed by extra bytes",
-                                   HEADER_SIZE)
-        return body
+        return _whole(body, complete, codec, max_body)
+    if codec == CODEC_DICT:
+        if _zlib is None:
+            raise _unavailable(codec, 5)
+        try:
+            d = _zlib.decompressobj(-15, _dictionary())
+            body = d.decompress(packed, max_body + 1)
+            complete = d.eof and not d.unused_data and not d.unconsumed_tail
+        except Exception:  # noqa: BLE001 - zlib.error: a malformed stream
+            raise BatchFormatError("the deflate-dict body does not decompress", HEADER_SIZE)
+        return _whole(body, complete, codec, max_body)
     if _zstd is None:
         raise _unavailable(codec, 5)
     try:

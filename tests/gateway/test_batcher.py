@@ -129,7 +129,8 @@ async def test_deadband_and_heartbeat_leave_out_readings_but_never_faults(fx: Fi
 
 
 @pytest.mark.parametrize(("settings", "codec"), [
-    ({"codec": "zlib"}, "zlib"), ({"codec": "zstd"}, "zstd"), ({"codec": "none"}, "none"),
+    ({}, "deflate-dict"), ({"codec": "deflate-dict"}, "deflate-dict"), ({"codec": "zlib"}, "zlib"),
+    ({"codec": "zstd"}, "zstd"), ({"codec": "none"}, "none"),
     ({"batch_format": "json"}, "json")])
 async def test_encodings(fx: Fixture, settings: dict[str, str], codec: str) -> None:
     b = fx.batcher(**settings)

@@ -6,6 +6,9 @@ import json
 import random
 import re
 import struct
+import hashlib
+import subprocess
+import sys
 import zlib
 from typing import Any
 
@@ -18,6 +21,8 @@ from protocols import batch_cnb1
 from protocols.batch_builder import Batch
 from protocols.batch_cnb1 import (
     CODEC_AUTO,
+    CODEC_AUTO_DICT,
+    CODEC_DICT,
     CODEC_NONE,
     CODEC_ZLIB,
     CODEC_ZSTD,
@@ -54,7 +59,7 @@ def reference_decoder() -> Any:
     match = re.search(r"<!-- reference-decoder -->\s*```python\n(.*?)```", text, re.S)
     assert match, 'README.md, "Batch format (cnb1)" lost its reference decoder block'
     source = match.group(1)
-    assert len(source.splitlines()) <= 45, "the reference decoder should stay short"
+    assert len(source.splitlines()) <= 48, "the reference decoder should stay short"
     namespace: dict[str, Any] = {}
     exec(compile(source, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
     return namespace["decode_cnb1"]
@@ -195,7 +200,8 @@ def check_decoded(decoded: dict, expected: dict) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(batches(), st.sampled_from([CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, CODEC_AUTO]),
+@given(batches(), st.sampled_from([CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, CODEC_DICT, CODEC_AUTO,
+                                    CODEC_AUTO_DICT]),
        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_round_trip(made: tuple[Batch, dict], codec: Any, gateway_boot: int, seq: int) -> None:
     batch, expected = made
@@ -232,11 +238,68 @@ def test_decompression_bomb_is_refused() -> None:
     batch = Batch("n", 1, [("a", "", "gauge", 0)])
     for i in range(20000):
         batch.add_measurement("a", T0 + i, 0)
-    for codec in (CODEC_ZLIB, CODEC_ZSTD):
+    for codec in (CODEC_ZLIB, CODEC_ZSTD, CODEC_DICT):
         data = encode_batch(batch, 1, 1, codec)
         assert decode_batch(data)["measurements"][-1]["t"] == T0 + 19999
         with pytest.raises(BatchFormatError, match="more than|at most"):
             decode_batch(data, max_body=1000)
+
+
+DICTIONARY_SHA256 = "fc0acf0711c14e947d04e9e1c2fd3efb75ba700822a91a13fd831dd7006e0e78"
+
+
+def test_the_codec_3_dictionary_is_frozen() -> None:
+    # Codec 3 means these bytes for good: every deflate-dict payload ever published needs them.
+    from protocols.batch_dictionary import DICTIONARY_1
+
+    assert (len(DICTIONARY_1), hashlib.sha256(DICTIONARY_1).hexdigest()) == (863, DICTIONARY_SHA256)
+    # And its builder says how it was made (its output may change with the profiles, the
+    # dictionary may not: a new one would be a new codec number).
+    out = subprocess.run([sys.executable, "-m", "citynerve.batch_dictionary_build"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("# ") and "DICTIONARY_1 = bytes.fromhex(" in out
+
+
+def test_deflate_dict_is_a_raw_deflate_stream_with_the_preset_dictionary() -> None:
+    from protocols.batch_dictionary import DICTIONARY_1
+
+    batch = junction_batch(3)
+    data = encode_batch(batch, 7, 9, CODEC_DICT)
+    assert data[:6] == b"cnb1\x01\x03"
+    body = zlib.decompressobj(-15, zdict=DICTIONARY_1).decompress(data[14:])
+    assert body == encode_batch(batch, 7, 9, CODEC_NONE)[14:]
+    # The dictionary is what makes it small: a junction batch shrinks well below plain zlib's.
+    assert len(data) < 0.9 * len(encode_batch(batch, 7, 9, CODEC_ZLIB))
+    # Even a lone event shrinks (plain zlib cannot: codec 0 goes out), and the auto choice is
+    # the smaller of codec 3 and codec 0.
+    tiny = Batch("cab", 1)
+    tiny.add_event(T0, 82, 1)
+    plain, primed = (len(encode_batch(tiny, 1, 1, c)) for c in (CODEC_NONE, CODEC_DICT))
+    assert primed < plain and encode_batch(tiny, 1, 1, CODEC_AUTO)[5] == CODEC_NONE
+    for b in (tiny, batch, Batch("n", 1)):
+        auto = encode_batch(b, 1, 1, CODEC_AUTO_DICT)
+        sizes = {c: len(encode_batch(b, 1, 1, c)) for c in (CODEC_NONE, CODEC_DICT)}
+        assert len(auto) == min(sizes.values()) and sizes[auto[5]] == len(auto)
+
+
+@pytest.mark.parametrize(("cut", "reason"), [
+    (lambda d: d[:-1], "cut short"), (lambda d: d + b"\x00", "followed by extra bytes"),
+    (lambda d: d[:14] + b"\xff" * 8, "does not decompress"), (lambda d: d[:14], "cut short")])
+def test_a_broken_deflate_dict_body_is_a_format_error(cut: Any, reason: str) -> None:
+    data = encode_batch(junction_batch(4), 1, 1, CODEC_DICT)
+    with pytest.raises(BatchFormatError, match=reason) as info:
+        decode_batch(cut(data))
+    assert info.value.offset == 14
+
+
+def test_deflate_dict_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MicroPython's deflate takes no preset dictionary: there the codec is unavailable, said so.
+    data = encode_batch(junction_batch(4), 1, 1, CODEC_DICT)
+    monkeypatch.setattr(batch_cnb1, "_zlib", None)
+    assert not batch_cnb1.codec_available(CODEC_DICT)
+    with pytest.raises(BatchFormatError) as info:
+        decode_batch(data)
+    assert info.value.reason == "codec deflate-dict not available here"
 
 
 def test_zstd_without_content_size_is_refused() -> None:
@@ -465,6 +528,7 @@ def test_size_grows_slowly_with_lanes() -> None:
 SEEDS = [bytes.fromhex(c["hex"]) for c in VALID_VECTORS] + [
     encode_batch(junction_batch(2), 1, 2, CODEC_NONE),
     encode_batch(junction_batch(2), 1, 2, CODEC_ZLIB),
+    encode_batch(junction_batch(2), 1, 2, CODEC_DICT),
 ]
 
 SMALL_BODY = msgpack.unpackb(bytes.fromhex(VECTORS[0]["hex"])[14:])
