@@ -1,6 +1,7 @@
 """Wire size: bytes per reading of cnb1 against per-reading JSON and Sparkplug B, same data, one run.
 
     .venv/bin/python bench/wire_size.py [--seconds 600] [--seed 7]
+    .venv/bin/python bench/wire_size.py --live 120 [--event-window-ms 30000 --measurement-interval-s 30]
 
 Data: the demo junction's readings (bench/demo_stream.py: loop measures every 30 s, PM every
 1-2 s and every 1 s, CO2 every 4 s, about 3 controller and detector events a second), 10 minutes.
@@ -23,6 +24,10 @@ Encodings of the same batches:
               an event is a UInt32 metric (the parameter) aliased per event code. The births that
               carry names and aliases are not counted (kind to Sparkplug: cnb1 names its streams
               in every batch).
+--live SECONDS runs the emulated demo junction instead (hil/scenarios/demo.toml: firmware, real
+gateway with its config, mosquitto) and measures the batches the gateway really published, with
+--event-window-ms / --measurement-interval-s to try other windows.
+
 "On the wire" adds each message's MQTT 3.1.1 QoS 1 PUBLISH framing (fixed header, topic, packet
 id): per batch for cnb1 and Sparkplug, per reading for JSON.
 
@@ -175,6 +180,26 @@ class Sizes:
     floor: int = 0
 
 
+def add_baselines(sizes: Sizes, node: str, decoded: dict[str, Any], topic: str, spb_topic: str,
+                  aliases: dict[Any, int], spb_seq: int) -> None:
+    """The same readings as per-reading JSON messages and as one aliased Sparkplug B DDATA."""
+    for row in decoded["measurements"] + decoded["events"]:
+        message = json.dumps(dict(row, node=node), separators=(",", ":")).encode()
+        sizes.json += len(message)
+        sizes.wire_json += publish_size(topic, len(message))
+    metrics = []
+    for m in decoded["measurements"]:
+        alias = aliases.setdefault(m["stream"], len(aliases) + 1)
+        whole = isinstance(m["value"], int)
+        metrics.append(sparkplug_metric(alias, m["t"], SPB_INT32 if whole else SPB_FLOAT, m["value"]))
+    for e in decoded["events"]:
+        alias = aliases.setdefault(("event", e["code"]), len(aliases) + 1)
+        metrics.append(sparkplug_metric(alias, e["t"], SPB_UINT32, e["param"]))
+    spb = sparkplug_payload(decoded["t0"], spb_seq, metrics)
+    sizes.sparkplug += len(spb)
+    sizes.wire_sparkplug += publish_size(spb_topic, len(spb))
+
+
 def measure(stream: DemoStream, m_window_ms: int, e_window_ms: int) -> dict[str, Sizes]:
     """Sizes of every batch of the schedule: "all", and per kind "m" and "e"."""
     out = {"all": Sizes(), "m": Sizes(), "e": Sizes()}
@@ -206,23 +231,8 @@ def measure(stream: DemoStream, m_window_ms: int, e_window_ms: int) -> dict[str,
                 z = encode_batch(batch, 1_750_000_000, seq, CODEC_ZSTD)
                 sizes.cnb1_zstd += len(z)
                 sizes.wire_cnb1_zstd += publish_size(topic, len(z))
-            for row in rows:
-                message = json.dumps(dict(row, node=node.node), separators=(",", ":")).encode()
-                sizes.json += len(message)
-                sizes.wire_json += publish_size(topic, len(message))
-            metrics = []
-            for m in decoded["measurements"]:
-                alias = aliases.setdefault(m["stream"], len(aliases) + 1)
-                whole = isinstance(m["value"], int)
-                metrics.append(sparkplug_metric(alias, m["t"], SPB_INT32 if whole else SPB_FLOAT,
-                                                m["value"]))
-            for e in decoded["events"]:
-                alias = aliases.setdefault(("event", e["code"]), len(aliases) + 1)
-                metrics.append(sparkplug_metric(alias, e["t"], SPB_UINT32, e["param"]))
-            spb = sparkplug_payload(decoded["t0"], spb_seq, metrics)
+            add_baselines(sizes, node.node, decoded, topic, spb_topic, aliases, spb_seq)
             spb_seq = (spb_seq + 1) % 256
-            sizes.sparkplug += len(spb)
-            sizes.wire_sparkplug += publish_size(spb_topic, len(spb))
             for total in (out["all"], out[kind]):
                 for name, value in vars(sizes).items():
                     setattr(total, name, getattr(total, name) + value)
@@ -265,6 +275,61 @@ def floor_verdict(label: str, s: Sizes) -> str:
             f"{vs_spb:.2f}x vs Sparkplug B; these windows allow {reach}")
 
 
+def measure_published(payloads: Sequence[tuple[str, str, bytes]]) -> dict[str, Sizes]:
+    """Sizes of batches a running gateway published (node, "m" | "e", payload), as they are: the
+    cnb1 columns hold the payloads themselves (the gateway's codec), the baselines as above."""
+    out = {"all": Sizes(), "m": Sizes(), "e": Sizes()}
+    aliases: dict[str, dict[Any, int]] = {}
+    for seq, (node, kind, payload) in enumerate(payloads):
+        decoded = decode_batch(payload)
+        sizes = Sizes(readings=len(decoded["measurements"]) + len(decoded["events"]), batches=1)
+        topic = f"citynerve/v1/{SITE}/{GATEWAY}/{node}/{kind}"
+        sizes.cnb1_dict = sizes.cnb1_zlib = sizes.cnb1_zstd = len(payload)
+        sizes.wire_cnb1_dict = sizes.wire_cnb1_zlib = sizes.wire_cnb1_zstd = publish_size(topic, len(payload))
+        sizes.floor = HEADER_SIZE + FLOOR_BASE_TIME + len(decoded["measurements"]) + 2 * len(decoded["events"])
+        add_baselines(sizes, node, decoded, topic, f"spBv1.0/{SITE}/DDATA/{GATEWAY}/{node}",
+                      aliases.setdefault(node, {}), seq % 256)
+        for total in (out["all"], out[kind]):
+            for name, value in vars(sizes).items():
+                setattr(total, name, getattr(total, name) + value)
+    return out
+
+
+def live(seconds: float, event_window_ms: int | None, measurement_interval_s: float | None) -> None:
+    """Run the demo junction (hil/scenarios/demo.toml, real gateway, mosquitto) and measure what
+    the gateway published."""
+    import asyncio
+    import tempfile
+
+    from hil.junction import run_scenario
+    from hil.scenario import load_scenario
+
+    scenario = load_scenario("demo")
+    gateway = dict(scenario.gateway)
+    if event_window_ms is not None:
+        gateway["event_window_ms"] = event_window_ms
+    if measurement_interval_s is not None:
+        gateway["measurement_interval_s"] = measurement_interval_s
+    scenario = scenario.with_changes(duration_s=seconds, gateway=gateway)
+    with tempfile.TemporaryDirectory(prefix="citynerve-wire-") as folder:
+        result = asyncio.run(run_scenario(scenario, workdir=Path(folder)))
+    sizes = measure_published(result.payloads)
+    windows_of = (f"event window {gateway.get('event_window_ms', 'default')} ms, measurement interval "
+                  f"{gateway.get('measurement_interval_s', 'default')} s")
+    print(f"demo junction run live for {seconds:g} s ({windows_of}): {len(result.payloads)} batches "
+          f"as published, {sizes['all'].readings} readings; accounting "
+          + ("clean" if result.ok else "; ".join(result.accounting.violations(scenario.expect))))
+    for kind, name in (("all", "published stream"), ("m", "  measurements"), ("e", "  events")):
+        s = sizes[kind]
+        if s.readings:
+            print(f"{name:20} cnb1 {s.cnb1_dict / s.readings:6.2f} B/reading, JSON {s.json / s.readings:6.1f}, "
+                  f"Sparkplug B {s.sparkplug / s.readings:6.2f}: {s.json / s.cnb1_dict:5.1f}x, "
+                  f"{s.sparkplug / s.cnb1_dict:5.2f}x")
+    print(verdict("live", sizes["all"], wire=False))
+    print(verdict("live", sizes["all"], wire=True))
+    print(floor_verdict("live", sizes["all"]))
+
+
 def run(seconds: int, seed: int) -> dict[str, dict[str, Sizes]]:
     check_sparkplug_vector()
     stream = demo_junction(seconds=seconds, seed=seed)
@@ -275,7 +340,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=600, help="length of the stream (600)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--live", type=float, metavar="SECONDS",
+                        help="instead: run the emulated demo junction this long and measure the "
+                             "batches its gateway really published")
+    parser.add_argument("--event-window-ms", type=int, help="with --live: the gateway's event window")
+    parser.add_argument("--measurement-interval-s", type=float,
+                        help="with --live: the gateway's measurement interval")
     args = parser.parse_args(argv)
+    if args.live:
+        live(args.live, args.event_window_ms, args.measurement_interval_s)
+        return
     check_sparkplug_vector()
     stream = demo_junction(seconds=args.seconds, seed=args.seed)
     results = {label: measure(stream, m, e) for label, m, e in SCHEDULES}

@@ -79,6 +79,7 @@ class RunResult:
     events: list[str]  # what the harness did, in scenario time
     readings: list[Reading]  # the decoded stream, once per batch id
     workdir: Path
+    payloads: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)  # (node, m|e, batch)
 
     @property
     def ok(self) -> bool:
@@ -277,7 +278,7 @@ class Junction:
             for r in readings:
                 fh.write(json.dumps(dataclasses.asdict(r), separators=(",", ":")) + "\n")
         return RunResult(self.scenario, result, self.run_truth(), self.t0_us, drained, list(self.events),
-                         readings, self.workdir)
+                         readings, self.workdir, self.recorder.payloads())
 
     def run_truth(self) -> RunTruth:
         assert self.devices is not None and self.t0_us is not None and self.devices.playback is not None

@@ -78,6 +78,7 @@ class StreamRecorder:
         self.stats = StreamStats()
         self._readings: list[Reading] = []
         self._batches: dict[tuple[int, int], bytes] = {}
+        self._payloads: list[tuple[str, str, bytes]] = []
         self.health: dict[tuple[str, str], dict[str, Any]] = {}  # (node or "", source) -> latest
         self.status: dict[str, Any] | None = None
         self.first_seen: dict[str, int] = {}  # node -> arrival of its first batch
@@ -150,6 +151,7 @@ class StreamRecorder:
         self._batches[bid] = payload
         self.stats.batches += 1
         node, boot = str(decoded["node"]), int(decoded["node_boot"])
+        self._payloads.append((node, "e" if decoded["events"] and not decoded["measurements"] else "m", payload))
         self.first_seen.setdefault(node, recv)
         for m in decoded["measurements"]:
             self._readings.append(Reading("m", node, boot, bid, int(m["t"]), recv, stream=m["stream"],
@@ -174,6 +176,12 @@ class StreamRecorder:
                                 self.stats.conflicting_batches, self.stats.undecodable,
                                 dict(self.stats.topics))
             return list(self._readings), stats
+
+    def payloads(self) -> list[tuple[str, str, bytes]]:
+        """Every distinct m/e batch payload so far, once per batch id, with its node and kind
+        (what bench/wire_size.py --live measures)."""
+        with self._lock:
+            return list(self._payloads)
 
     def nodes_seen(self) -> set[str]:
         with self._lock:

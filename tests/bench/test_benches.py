@@ -68,6 +68,24 @@ def test_wire_sizes_on_a_short_stream() -> None:
     assert per(sizes["m 10 s, e 10 s"]["e"]) * 3 < per(sizes["defaults: m 10 s, e 100 ms"]["e"])
 
 
+def test_published_batches_measure_as_the_model_does() -> None:
+    # --live measures payloads a gateway published; fed the model's own batches, encoded as the
+    # gateway encodes them, it must give the model's figures.
+    stream = demo_stream.demo_junction(seconds=60, seed=3)
+    model = wire_size.measure(stream, 10_000, 100)
+    payloads = []
+    for node in stream.nodes.values():
+        for seq, (kind, batch) in enumerate(wire_size.batches(node, 10_000, 100)):
+            payloads.append((node.node, kind, wire_size.encode_batch(batch, 1_750_000_000, seq,
+                                                                     wire_size.CODEC_AUTO_DICT)))
+    live = wire_size.measure_published(payloads)
+    for kind in ("all", "m", "e"):
+        got, want = live[kind], model[kind]
+        assert (got.readings, got.batches, got.cnb1_dict, got.json, got.floor) == (
+            want.readings, want.batches, want.cnb1_dict, want.json, want.floor)
+        assert got.sparkplug == pytest.approx(want.sparkplug, rel=0.01)  # seq bytes differ
+
+
 @pytest.mark.long
 def test_wire_size_bench_runs() -> None:
     out = subprocess.run([sys.executable, str(BENCH / "wire_size.py")], capture_output=True,

@@ -22,6 +22,7 @@ import pytest
 
 from hil.report import write_report
 from hil.scenario import FAULT_KINDS, ScenarioError, load_scenario
+from protocols.batch_cnb1 import decode_batch
 from tests.hil.conftest import RunJunction
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,12 @@ async def test_the_demo_junction_with_its_cabinet_on_micropython_accounts_clean(
     assert acc.intervals["checked"] > 0, acc.intervals
     assert acc.latency_ms["detector"]["count"] > 0
     assert acc.explained_duplicates == acc.conflicting_batches == acc.undecodable == 0
+    # The published batches, once each (what bench/wire_size.py --live measures), hold every
+    # decoded reading, in the gateway's default codec (3, deflate-dict) or 0 where that is smaller.
+    assert len(result.payloads) == acc.batches and {k for _, k, _ in result.payloads} == {"m", "e"}
+    assert sum(len(decode_batch(p)["measurements"]) + len(decode_batch(p)["events"])
+               for _, _, p in result.payloads) == len(result.readings)
+    assert {p[5] for _, _, p in result.payloads} <= {0, 3} and any(p[5] == 3 for _, _, p in result.payloads)
     paths = write_report(result, tmp_path / "report")
     assert "PASS" in paths["accounting"].read_text()
     svg = ET.parse(paths["picture"]).getroot()
